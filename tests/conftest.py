@@ -1,0 +1,60 @@
+"""Shared test set-up.
+
+Blender's user directories are isolated before anything imports `bpy`, so tests never read or
+write the developer's real Blender configuration.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SAM3D_SHARED", ROOT.parent / "shared"))
+PARITY = SHARED / "fixtures" / "parity"
+STANDIN = SHARED / "fixtures" / "mhr-standin"
+MHR_DATA = SHARED / "data" / "mhr"
+DATA = ROOT / "tests" / "data"
+
+_user = tempfile.mkdtemp(prefix="sam3d-blender-user-")
+os.environ.setdefault("BLENDER_USER_RESOURCES", _user)
+os.environ.setdefault("BLENDER_USER_CONFIG", os.path.join(_user, "config"))
+os.environ.setdefault("BLENDER_USER_SCRIPTS", os.path.join(_user, "scripts"))
+os.environ.setdefault("BLENDER_USER_EXTENSIONS", os.path.join(_user, "extensions"))
+# Never reach the Hugging Face hub from tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def require(path: Path) -> Path:
+    """Skip (locally) when ../shared is absent; CI always has it."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            raise FileNotFoundError(f"CI needs {path}")
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    return require(PARITY)
+
+
+@pytest.fixture(scope="session")
+def standin_lod1() -> Path:
+    return require(STANDIN / "mhr_standin_lod1.pt")
+
+
+@pytest.fixture(scope="session")
+def standin_small() -> Path:
+    return require(STANDIN / "mhr_standin_small.pt")
+
+
+@pytest.fixture(scope="session")
+def mhr_samples() -> Path:
+    return require(MHR_DATA)
