@@ -92,11 +92,3 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ServerError(CHECKPOINT_INVALID, f"model_config.yaml not found at {path}") from exc
     return parse_config(text, source=str(path))
 
-
-def backbone_dtype(cfg: dict[str, Any]) -> str | None:
-    """The official reduced precision of the backbone: None (fp32), 'float16' or 'bfloat16'."""
-    train = cfg.get("TRAIN", {})
-    if not train.get("USE_FP16", False):
-        return None
-    # The official code maps exactly "float16" to fp16 and anything else to bf16.
-    return "float16" if train.get("FP16_TYPE", "float16") == "float16" else "bfloat16"

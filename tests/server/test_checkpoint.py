@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from server import checkpoint as ck
-from server.config import backbone_dtype, load_config, parse_config
+import torch
+
+from server.config import load_config, parse_config
+from server.models.backbones import backbone_dtype
 from server.errors import ServerError
 
 
@@ -144,9 +147,9 @@ def test_gated_and_denied_messages(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_config_parsing(parity_dir: Path) -> None:
     cfg = load_config(parity_dir / "checkpoints" / "dinov3_tiny" / "model_config.yaml")
     assert cfg["MODEL"]["BACKBONE"]["TYPE"] == "dinov3_custom"
-    assert backbone_dtype(cfg) is None
+    assert backbone_dtype(cfg["TRAIN"]) == torch.float32
     fp16 = load_config(parity_dir / "checkpoints" / "dinov3_tiny_fp16" / "model_config.yaml")
-    assert backbone_dtype(fp16) == "float16"
+    assert backbone_dtype(fp16["TRAIN"]) == torch.float16
     with pytest.raises(ServerError, match="not supported") as e:
         parse_config("MODEL:\n  BACKBONE:\n    TYPE: resnet50\n")
     assert e.value.code == "unsupported_model"
