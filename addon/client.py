@@ -1,0 +1,561 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The add-on's side of the server: spawn/stop the process, talk to it, run jobs in the background.
+
+* `ServerProcess` starts ``<python> -m server serve`` with a fresh token, waits for its ready
+  line and keeps the last lines of its output (`log_tail`) for error messages.
+* `Client` is one authenticated connection with blocking calls (`rig`, `reconstruct`, ...).
+* `JobRunner` runs each request on a background thread and puts `JobEvent`s on a
+  `queue.Queue`; Blender drains that queue from a timer on the main thread (no `bpy` here).
+
+Standard library + numpy only: this module is imported inside Blender.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import os
+import queue
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import wire
+
+READY_PREFIX = "SAM3D_READY "
+TOKEN_ENV = "SAM3D_BODY_TOKEN"
+
+ProgressCallback = Callable[[float, str], None]
+
+
+class ClientError(Exception):
+    """Base of everything this module raises."""
+
+
+class RemoteError(ClientError):
+    """The server answered a request with an `error` message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} [{code}]")
+        self.code = code
+        self.message = message
+
+
+class ConnectionLost(ClientError):
+    """The connection broke (server crashed, was stopped, or the network failed)."""
+
+
+class ServerStartError(ClientError):
+    """The server process could not be started or never became ready."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message + (f"\n--- server log ---\n{log_tail}" if log_tail else ""))
+        self.message = message
+        self.log_tail = log_tail
+
+
+def project_root() -> Path:
+    """The directory holding ``addon/`` and ``server/`` (the extension dir or the checkout)."""
+    return Path(__file__).resolve().parents[1]
+
+
+class LogBuffer:
+    """Thread-safe ring buffer of the last output lines."""
+
+    def __init__(self, max_lines: int = 2000) -> None:
+        self._lines: collections.deque[str] = collections.deque(maxlen=max_lines)
+        self._lock = threading.Lock()
+
+    def append(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(line)
+
+    def tail(self, lines: int = 40) -> str:
+        with self._lock:
+            return "\n".join(list(self._lines)[-lines:]) if lines > 0 else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# One connection
+
+
+class Client:
+    """One authenticated connection. Calls block; `cancel` may be called from another thread
+    while `reconstruct` waits."""
+
+    def __init__(self, host: str, port: int, token: str, *, timeout: float = 10.0,
+                 limits: wire.Limits = wire.Limits()) -> None:
+        self.host, self.port, self.token = host, port, token
+        self.timeout = timeout
+        self.limits = limits
+        self.info: dict[str, Any] = {}
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._id_lock = threading.Lock()
+
+    def __enter__(self) -> "Client":
+        if self._sock is None:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def next_id(self) -> int:
+        with self._id_lock:
+            return next(self._ids)
+
+    def connect(self) -> dict[str, Any]:
+        """Open the socket and say hello; returns the server's info."""
+        try:
+            self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to the server at {self.host}:{self.port}: "
+                                 f"{exc}") from exc
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rid = self.next_id()
+        try:
+            self._send("hello", rid, {"version": wire.PROTOCOL_VERSION, "token": self.token,
+                                      "client": "sam3d-body-blender"})
+            reply = self.wait_for(rid, "hello", timeout=self.timeout)
+        except ClientError:
+            self.close()
+            raise
+        self.info = dict(reply.fields.get("info", {}))
+        return self.info
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        rid = self.next_id()
+        self._send("load", rid)
+        return dict(self.wait_for(rid, "load", timeout=self.timeout).fields.get("info", {}))
+
+    def rig(self, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """RigData arrays (``joint_names`` as a str array)."""
+        return self.wait_for(self.send_rig(), "rig", timeout=timeout).arrays
+
+    def send_rig(self, request_id: int | None = None) -> int:
+        rid = self.next_id() if request_id is None else request_id
+        self._send("rig", rid)
+        return rid
+
+    def reconstruct(self, *, progress: ProgressCallback | None = None,
+                    timeout: float | None = None, **request: Any) -> dict[str, np.ndarray]:
+        """Run one reconstruction and return the Result arrays (arguments: `send_reconstruct`).
+        ``timeout`` bounds the wait for each message (progress included); None waits as long
+        as the server lives."""
+        rid = self.send_reconstruct(**request)
+        return self.wait_for(rid, "result", progress, timeout).arrays
+
+    def send_reconstruct(self, *, image: np.ndarray | None = None,
+                         image_bytes: bytes | None = None,
+                         image_path: str | os.PathLike | None = None,
+                         boxes: Any = None, masks: Sequence[np.ndarray] | np.ndarray | None = None,
+                         mode: str = "full", intrinsics: Sequence[float] | None = None,
+                         prompts: Sequence[Sequence[float]] | None = None,
+                         exif_focal_35mm: float | None = None,
+                         request_id: int | None = None) -> int:
+        """Send a reconstruct request and return its id (then `wait_for` it).
+
+        Give exactly one of ``image`` (RGB uint8 HxWx3), ``image_bytes`` (an encoded file) or
+        ``image_path`` (a file on the server's disk); ``masks`` need one box each."""
+        fields: dict[str, Any] = {"mode": mode}
+        arrays: dict[str, Any] = {}
+        if image is not None:
+            arrays["image"] = np.asarray(image, dtype=np.uint8)
+        if image_bytes is not None:
+            arrays["image_bytes"] = np.frombuffer(image_bytes, dtype=np.uint8)
+        if image_path is not None:
+            fields["image_path"] = os.fspath(image_path)
+        if boxes is not None:
+            arrays["boxes"] = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        if masks is not None and len(masks):
+            arrays["masks"] = np.stack([np.asarray(m, dtype=np.uint8) for m in masks])
+        if intrinsics is not None:
+            fields["intrinsics"] = [float(v) for v in intrinsics]
+        if prompts:
+            fields["prompts"] = [[float(x), float(y), int(label)] for x, y, label in prompts]
+        if exif_focal_35mm is not None:
+            fields["exif_focal_35mm"] = float(exif_focal_35mm)
+        rid = self.next_id() if request_id is None else request_id
+        self._send("reconstruct", rid, fields, arrays)
+        return rid
+
+    def cancel(self, request_id: int) -> None:
+        """Ask the server to stop a request; its reply becomes a `cancelled` error."""
+        self._send("cancel", request_id)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Ask the server process to exit (it acknowledges first)."""
+        rid = self.next_id()
+        self._send("shutdown", rid)
+        try:
+            self.wait_for(rid, "shutdown", timeout=self.timeout if timeout is None else timeout)
+        except ConnectionLost:
+            pass  # it may close before we read the acknowledgement
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _send(self, type: str, rid: int, fields: Mapping[str, Any] | None = None,
+              arrays: Mapping[str, Any] | None = None) -> None:
+        parts = wire.encode_parts(type, rid, fields, arrays)
+        with self._send_lock:
+            if self._sock is None:
+                raise ConnectionLost("not connected")
+            try:
+                for part in parts:
+                    self._sock.sendall(part)
+            except OSError as exc:
+                raise ConnectionLost(f"sending {type} failed: {exc}") from exc
+
+    def wait_for(self, rid: int, expected: str, progress: ProgressCallback | None = None,
+                 timeout: float | None = None) -> wire.Message:
+        """Read until the reply ``expected`` to request ``rid`` (progress goes to the callback);
+        an `error` reply raises `RemoteError`, a broken connection `ConnectionLost`."""
+        while True:
+            sock = self._sock
+            if sock is None:
+                raise ConnectionLost("not connected")
+            try:
+                message = wire.recv_message(sock, self.limits, timeout)
+            except socket.timeout:
+                raise ConnectionLost(f"no answer from the server within {timeout:g} s") from None
+            except wire.ConnectionClosed:
+                raise ConnectionLost("the server closed the connection") from None
+            except wire.WireError as exc:
+                raise ConnectionLost(f"bad frame from the server: {exc}") from exc
+            except OSError as exc:
+                raise ConnectionLost(f"connection error: {exc}") from exc
+            if message.type == "error" and message.id in (rid, 0):
+                raise RemoteError(message.fields["code"], message.fields["message"])
+            if message.id != rid:
+                continue  # a late reply to an earlier, abandoned request
+            if message.type == "progress":
+                if progress is not None:
+                    progress(float(message.fields["fraction"]), message.fields.get("message", ""))
+                continue
+            if message.type != expected:
+                raise ConnectionLost(f"expected {expected!r} from the server, got {message.type!r}")
+            return message
+
+
+# ---------------------------------------------------------------------------------------------
+# The server process
+
+
+class ServerProcess:
+    """``<python> -m server serve`` as a child process with its own random token."""
+
+    def __init__(self, python: str | os.PathLike = sys.executable, *,
+                 root: str | os.PathLike | None = None, checkpoint: str | None = None,
+                 repo: str | None = None, mhr: str | None = None, device: str = "auto",
+                 host: str = "127.0.0.1", extra_args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None, ready_timeout: float = 600.0,
+                 log_lines: int = 2000) -> None:
+        self.python = os.fspath(python)
+        self.root = Path(root) if root is not None else project_root()
+        self.host = host
+        self.args = ["--host", host, "--port", "0", "--device", device, "--parent-watch"]
+        for flag, value in (("--checkpoint", checkpoint), ("--repo", repo), ("--mhr", mhr)):
+            if value:
+                self.args += [flag, os.fspath(value)]
+        self.args += list(extra_args)
+        self.extra_env = dict(env or {})
+        self.ready_timeout = ready_timeout
+        self.token = ""
+        self.port = 0
+        self.info: dict[str, Any] = {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = LogBuffer(log_lines)
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [self.python, "-m", "server", "serve", *self.args]
+
+    def start(self) -> dict[str, Any]:
+        """Spawn the server and wait for its ready line; returns the ready info."""
+        if self.alive():
+            return self.info
+        self.token = secrets.token_urlsafe(32)
+        self._ready.clear()
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(self.root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env[TOKEN_ENV] = self.token
+        env["PYTHONUNBUFFERED"] = "1"
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
+        try:
+            self.process = subprocess.Popen(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env=env, cwd=str(self.root), creationflags=flags)
+        except OSError as exc:
+            raise ServerStartError(f"cannot run {self.python!r}: {exc}") from exc
+        self._log.append(f"$ {' '.join(self.command)}")
+        self._reader = threading.Thread(target=self._read_output, args=(self.process,),
+                                        name="server-output", daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + self.ready_timeout
+        while not self._ready.wait(0.05):
+            if self.process.poll() is not None:
+                self._reader.join(2.0)  # collect the last words
+                if self._ready.is_set():
+                    break
+                raise ServerStartError(f"the server exited with code {self.process.returncode} "
+                                       "before it was ready", self.log_tail())
+            if time.monotonic() > deadline:
+                tail = self.log_tail()
+                self.stop(timeout=2.0)
+                raise ServerStartError(f"the server was not ready within {self.ready_timeout:g} s",
+                                       tail)
+        if self.process.poll() is not None:
+            raise ServerStartError(f"the server exited with code {self.process.returncode} "
+                                   "right after it was ready", self.log_tail())
+        return self.info
+
+    def _read_output(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for raw in iter(process.stdout.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if not self._ready.is_set() and line.startswith(READY_PREFIX):
+                try:
+                    info = json.loads(line[len(READY_PREFIX):])
+                    self.port = int(info["port"])
+                    self.info = info
+                    self._ready.set()
+                except (ValueError, KeyError, TypeError):
+                    self._log.append(f"(unreadable ready line) {line}")
+                    continue
+            self._log.append(line)
+        process.stdout.close()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code once the process has ended within ``timeout``, else None."""
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self._log.tail(lines)
+
+    def client(self, timeout: float = 10.0) -> Client:
+        """A connected, authenticated `Client`."""
+        if not self.alive():
+            raise ConnectionLost("the server process is not running")
+        client = Client(self.host, self.port, self.token, timeout=timeout)
+        client.connect()
+        return client
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Polite `shutdown` message, then terminate, then kill. Returns the exit code."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None and self._ready.is_set():
+            try:
+                with Client(self.host, self.port, self.token, timeout=min(timeout, 2.0)) as c:
+                    c.shutdown()
+            except ClientError:
+                pass
+            self.wait_exit(timeout)
+        for action in (process.terminate, process.kill):
+            if process.poll() is not None:
+                break
+            action()
+            self.wait_exit(timeout)
+        if process.stdin is not None:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+        if self._reader is not None:
+            self._reader.join(timeout)
+        return process.poll()
+
+
+# ---------------------------------------------------------------------------------------------
+# Background jobs
+
+
+@dataclass
+class JobEvent:
+    """What a job reports to the main thread. ``kind``: progress | result | error | died."""
+
+    job_id: int
+    kind: str
+    fraction: float = 0.0
+    message: str = ""
+    code: str = ""
+    data: dict[str, np.ndarray] | None = None
+    log_tail: str = ""
+
+
+@dataclass
+class Job:
+    id: int
+    kind: str  # "reconstruct" | "rig"
+    request: dict[str, Any] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+    _cancel: threading.Event = field(default_factory=threading.Event)
+    _client: Client | None = None
+    _request_id: int | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def cancel(self) -> None:
+        """Ask for the job to stop; an `error` event with code ``cancelled`` follows."""
+        self._cancel.set()
+        with self._lock:
+            client, rid = self._client, self._request_id
+            if client is not None and rid is not None:
+                try:
+                    client.cancel(rid)
+                except ClientError:
+                    pass
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+
+class JobRunner:
+    """Runs requests on background threads; events go to ``self.events`` (a `queue.Queue`).
+
+    With ``server`` (a `ServerProcess`, not necessarily started) the runner starts it on the
+    first request and starts a new one when it has died. With ``address`` = (host, port,
+    token) it talks to a server someone else runs."""
+
+    def __init__(self, server: ServerProcess | None = None, *,
+                 address: tuple[str, int, str] | None = None,
+                 events: queue.Queue[JobEvent] | None = None,
+                 connect_timeout: float = 10.0, request_timeout: float | None = None) -> None:
+        if (server is None) == (address is None):
+            raise ValueError("give exactly one of server or address")
+        self.server = server
+        self.address = address
+        self.events: queue.Queue[JobEvent] = events if events is not None else queue.Queue()
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self._server_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._jobs: dict[int, Job] = {}
+
+    def submit_reconstruct(self, **request: Any) -> Job:
+        """Keyword arguments as `Client.reconstruct` (without progress/timeout)."""
+        return self._submit("reconstruct", request)
+
+    def submit_rig(self) -> Job:
+        return self._submit("rig", {})
+
+    def busy(self) -> bool:
+        return any(not job.done.is_set() for job in self._jobs.values())
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel running jobs and stop the server process (if this runner owns one)."""
+        for job in list(self._jobs.values()):
+            job.cancel()
+        if self.server is not None:
+            with self._server_lock:
+                self.server.stop(timeout)
+        for job in list(self._jobs.values()):
+            job.done.wait(timeout)
+
+    def _submit(self, kind: str, request: dict[str, Any]) -> Job:
+        job = Job(next(self._ids), kind, dict(request))
+        self._jobs = {i: j for i, j in self._jobs.items() if not j.done.is_set()}
+        self._jobs[job.id] = job
+        threading.Thread(target=self._run, args=(job,), name=f"job-{job.id}",
+                         daemon=True).start()
+        return job
+
+    def _connect(self, job: Job) -> Client:
+        if self.address is not None:
+            client = Client(*self.address, timeout=self.connect_timeout)
+            client.connect()
+            return client
+        assert self.server is not None
+        with self._server_lock:
+            if not self.server.alive():
+                if self.server.process is not None:
+                    self.events.put(JobEvent(job.id, "progress", 0.0,
+                                             "restarting the server"))
+                else:
+                    self.events.put(JobEvent(job.id, "progress", 0.0, "starting the server"))
+                self.server.start()
+        return self.server.client(self.connect_timeout)
+
+    def _run(self, job: Job) -> None:
+        client: Client | None = None
+        put = self.events.put
+        try:
+            client = self._connect(job)
+            # Sending under the job's lock orders a concurrent `Job.cancel` after the request.
+            with job._lock:
+                if job.cancelled:
+                    raise RemoteError("cancelled", "cancelled before it was sent")
+                if job.kind == "rig":
+                    rid = client.send_rig()
+                else:
+                    rid = client.send_reconstruct(**job.request)
+                job._client, job._request_id = client, rid
+            expected = "rig" if job.kind == "rig" else "result"
+            data = client.wait_for(rid, expected, timeout=self.request_timeout,
+                                   progress=lambda f, m: put(JobEvent(job.id, "progress", f, m))
+                                   ).arrays
+            put(JobEvent(job.id, "result", 1.0, "done", data=data))
+        except RemoteError as exc:
+            put(JobEvent(job.id, "error", message=exc.message, code=exc.code))
+        except ServerStartError as exc:
+            put(JobEvent(job.id, "error", message=exc.message, code="server_start",
+                         log_tail=exc.log_tail))
+        except ConnectionLost as exc:
+            put(self._lost_event(job, exc))
+        except (ValueError, TypeError, wire.WireError) as exc:  # a bad request from our side
+            put(JobEvent(job.id, "error", message=str(exc), code="bad_request"))
+        except Exception as exc:  # the queue consumer must always hear back
+            put(JobEvent(job.id, "error", message=f"{type(exc).__name__}: {exc}",
+                         code="client_internal"))
+        finally:
+            if client is not None:
+                client.close()
+            job.done.set()
+
+    def _lost_event(self, job: Job, exc: Exception) -> JobEvent:
+        server = self.server
+        if server is not None and server.process is not None:
+            code = server.wait_exit(3.0)  # a crash closes the socket just before the exit
+            if code is not None:
+                return JobEvent(job.id, "died", message=f"the server process exited with code "
+                                                        f"{code}: {exc}",
+                                code="server_died", log_tail=server.log_tail())
+        return JobEvent(job.id, "error", message=str(exc), code="connection")

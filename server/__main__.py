@@ -1,0 +1,291 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Command line: ``python -m server serve`` (the add-on's inference process) and
+``python -m server reconstruct IMAGE --out RESULT.npz`` (one image, locally or via a server).
+
+Exit codes: 0 ok, 2 bad arguments, 1 runtime failure (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+DEFAULT_ENGINE = "server.engine:load_engine"
+log = logging.getLogger("server")
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types
+
+
+def _floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count or not all(np.isfinite(values)):
+            raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, "
+                                             f"got {text!r}")
+        return values
+    return parse
+
+
+def _box(text: str) -> tuple[float, ...]:
+    box = _floats(4, "--box x1,y1,x2,y2")(text)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: need x2 > x1 and y2 > y1")
+    return box
+
+
+def _prompt(text: str) -> tuple[float, float, int]:
+    x, y, label = _floats(3, "--prompt x,y,label")(text)
+    if not float(label).is_integer():
+        raise argparse.ArgumentTypeError(f"--prompt {text!r}: the label must be an integer")
+    return x, y, int(label)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"--connect must be HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", metavar="DIR",
+                        help="official checkpoint folder (model.ckpt, model_config.yaml, assets/)")
+    source.add_argument("--repo", metavar="HF_ID",
+                        help="Hugging Face repo id, e.g. facebook/sam-3d-body-dinov3")
+    parser.add_argument("--mhr", metavar="PATH", help="mhr_model.pt (default: from the checkpoint)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu", "mps"),
+                        help="compute device (default: auto)")
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, metavar="MODULE:FACTORY",
+                        help=argparse.SUPPRESS)  # alternative engines (test doubles)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m server",
+                                     description="SAM 3D Body inference server")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the model over a local socket")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1; others need --allow-remote)")
+    serve.add_argument("--port", type=int, default=0, help="TCP port (0: pick a free one)")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow binding a non-loopback address (the token is then the only "
+                            "protection; traffic is not encrypted)")
+    serve.add_argument("--parent-watch", action="store_true",
+                       help="exit when the parent process goes away or closes our stdin")
+    serve.add_argument("--queue-size", type=int, default=8, help="queued requests (default 8)")
+    _add_model_args(serve)
+
+    rec = commands.add_parser("reconstruct", help="reconstruct the people in one image")
+    rec.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG, ...)")
+    rec.add_argument("--out", required=True, metavar="RESULT.npz", help="output .npz file")
+    rec.add_argument("--mode", default="full", choices=("body", "full"))
+    rec.add_argument("--box", type=_box, action="append", default=[], metavar="x1,y1,x2,y2",
+                     help="person box in pixels (repeat for several people)")
+    rec.add_argument("--mask", action="append", default=[], metavar="MASK.png",
+                     help="person mask, one per --box in the same order")
+    rec.add_argument("--intrinsics", type=_floats(4, "--intrinsics fx,fy,cx,cy"),
+                     metavar="fx,fy,cx,cy", help="camera intrinsics in pixels")
+    rec.add_argument("--prompt", type=_prompt, action="append", default=[], metavar="x,y,label",
+                     help="keypoint prompt in image pixels (label: MHR-70 index or -1)")
+    rec.add_argument("--connect", type=_address, metavar="HOST:PORT",
+                     help="send the job to a running server (token from SAM3D_BODY_TOKEN)")
+    _add_model_args(rec)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine loading
+
+
+def resolve_engine(spec: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """(factory, ReconstructRequest type) from ``MODULE:FACTORY``; the module that provides the
+    factory also provides the request type its engines accept."""
+    module_name, _, factory_name = spec.partition(":")
+    if not module_name or not factory_name:
+        raise UsageError(f"--engine must be MODULE:FACTORY, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, factory_name), getattr(module, "ReconstructRequest")
+    except (ImportError, AttributeError) as exc:  # a broken install, not a bad argument
+        raise RuntimeError(f"cannot load the engine {spec!r}: {exc}") from exc
+
+
+def make_engine(factory: Callable[..., Any], args: argparse.Namespace) -> Any:
+    return factory(checkpoint=args.checkpoint, repo=args.repo, mhr=args.mhr, device=args.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from server import service
+
+    if args.host not in service.LOOPBACK_HOSTS and not args.allow_remote:
+        raise UsageError(f"refusing to listen on {args.host!r}: other machines could reach the "
+                         "server; pass --allow-remote if you really want that")
+    if not 0 <= args.port < 65536:
+        raise UsageError(f"--port {args.port} is not a TCP port")
+    if args.queue_size < 1:
+        raise UsageError("--queue-size must be at least 1")
+    token = os.environ.get(service.TOKEN_ENV, "")
+    if not token:
+        raise UsageError(f"set {service.TOKEN_ENV} to a secret token; clients must send it")
+
+    ready_stream = service.redirect_stdout_to_stderr()
+    holder: dict[str, Any] = {}
+
+    def stop() -> None:
+        running = holder.get("service")
+        if running is None:
+            os._exit(0)  # nothing to clean up while the model is still loading
+        running.shutdown()
+
+    if args.parent_watch:
+        service.watch_parent(stop)
+    signal.signal(signal.SIGTERM, lambda *_: stop())
+
+    factory, request_type = resolve_engine(args.engine)
+    engine = make_engine(factory, args)
+    running = service.InferenceService(engine, request_type, token, host=args.host,
+                                       port=args.port, queue_size=args.queue_size)
+    holder["service"] = running
+    running.start()
+    info = getattr(engine, "info", {}) or {}
+    service.announce_ready(ready_stream, {
+        "port": running.port, "host": args.host, "protocol": running.info()["protocol"],
+        "device": info.get("device"), "model": info.get("model"), "pid": os.getpid(),
+    })
+    while not running.wait(1.0):
+        pass
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# reconstruct
+
+
+def _read_masks(paths: Sequence[str]) -> list[np.ndarray]:
+    from PIL import Image
+
+    masks = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                gray = np.asarray(image.convert("L"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read mask {path!r}: {exc}") from exc
+        # Binary 0/1 like SAM's masks, whatever the file's value range.
+        masks.append((gray > 127).astype(np.uint8))
+    return masks
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    image_path = Path(args.image)
+    if not image_path.is_file():
+        raise UsageError(f"image {args.image!r} does not exist")
+    if args.mask and len(args.mask) != len(args.box):
+        raise UsageError(f"give one --mask per --box ({len(args.mask)} masks, "
+                         f"{len(args.box)} boxes)")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"the folder of --out {args.out!r} does not exist")
+    masks = _read_masks(args.mask) if args.mask else None
+    boxes = np.asarray(args.box, dtype=np.float32).reshape(-1, 4) if args.box else None
+
+    if args.connect:
+        result = _reconstruct_remote(args, image_path, boxes, masks)
+    else:
+        from server import service
+
+        factory, request_type = resolve_engine(args.engine)
+        fields: dict[str, Any] = {"mode": args.mode, "image_path": str(image_path)}
+        if args.intrinsics:
+            fields["intrinsics"] = list(args.intrinsics)
+        if args.prompt:
+            fields["prompts"] = [list(p) for p in args.prompt]
+        arrays: dict[str, np.ndarray] = {}
+        if boxes is not None:
+            arrays["boxes"] = boxes
+        if masks is not None:
+            arrays["masks"] = np.stack(masks)
+        # Decode and check the inputs before the (slow) model load.
+        request = service.build_request(request_type, fields, arrays)
+        result = make_engine(factory, args).reconstruct(request)
+    save_result(out, result)
+    log.info("wrote %s", out)
+    return 0
+
+
+def _reconstruct_remote(args: argparse.Namespace, image_path: Path, boxes: np.ndarray | None,
+                        masks: list[np.ndarray] | None) -> dict[str, np.ndarray]:
+    from addon.client import TOKEN_ENV, Client
+
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise UsageError(f"--connect needs the server's token in {TOKEN_ENV}")
+    host, port = args.connect
+    with Client(host, port, token) as client:
+        return client.reconstruct(
+            image_bytes=image_path.read_bytes(), boxes=boxes, masks=masks, mode=args.mode,
+            intrinsics=args.intrinsics, prompts=args.prompt or None,
+            progress=lambda f, m: log.info("%3.0f%% %s", 100 * f, m))
+
+
+def save_result(path: Path, result: dict[str, Any]) -> None:
+    """The Result mapping as a pickle-free .npz (strings as numpy unicode arrays)."""
+    arrays = {}
+    for name, value in result.items():
+        array = np.asarray(value)
+        if array.dtype == object:
+            raise TypeError(f"result entry {name!r} is not a numeric or string array")
+        arrays[name] = array
+    with open(path, "wb") as handle:  # a file object keeps np.savez from appending ".npz"
+        np.savez(handle, **arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    commands = {"serve": cmd_serve, "reconstruct": cmd_reconstruct}
+    try:
+        return commands[args.command](args)
+    except UsageError as exc:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        code = getattr(exc, "code", None)
+        text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        label = f"[{code}] " if isinstance(code, str) else f"{type(exc).__name__}: "
+        log.debug("failure", exc_info=True)
+        print(f"error: {label}{text}".replace("\n", " "), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
