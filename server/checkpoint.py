@@ -240,11 +240,11 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
-def load_state_dict(ckpt: Path, cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
+def load_state_dict(ckpt: Path, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors; cached as safetensors next time (keyed by path/size/mtime)."""
     from safetensors.torch import load_file, save_file
 
-    cache = _cache_path(ckpt, cache_dir) if cache_dir else None
+    cache = _cache_path(ckpt, Path(cache_dir)) if cache_dir else None
     if cache is not None and cache.is_file():
         try:
             return load_file(str(cache))

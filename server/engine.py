@@ -18,7 +18,7 @@ import torch
 
 from . import checkpoint as ckpt_mod
 from .config import load_config
-from .errors import BAD_INPUT, DEVICE_UNAVAILABLE, NO_PERSON, ServerError
+from .errors import BAD_INPUT, CANCELLED, DEVICE_UNAVAILABLE, NO_PERSON, ServerError
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ class Engine:
             raise ServerError(BAD_INPUT, "image must be an RGB uint8 array of shape (H, W, 3)")
         height, width = image.shape[:2]
         cam_int, source = resolve_intrinsics(width, height, request.intrinsics, request.exif_focal_35mm)
+        if cancelled():
+            raise ServerError(CANCELLED, "The reconstruction was cancelled.")
         with self._lock, torch.inference_mode():
             t0 = time.perf_counter()
             progress(0.05, "detecting" if request.boxes is None else "cropping")
@@ -112,9 +114,9 @@ class Engine:
                 inference_type=request.mode,
                 prompts=list(request.prompts) or None,
                 detector=self.detector if request.detect else None,
-                progress=progress,
-                cancelled=cancelled,
             )
+            if cancelled():
+                raise ServerError(CANCELLED, "The reconstruction was cancelled.")
             if not out or len(out.get("pred_vertices", ())) == 0:
                 raise ServerError(NO_PERSON, "No person was found in the image; draw a box around the person and try again.")
             progress(0.9, "skeleton")
@@ -149,7 +151,7 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
     log.info("model %s loaded on %s in %.2f s", files.source, dev, time.perf_counter() - t0)
     det = None
     if detector:
-        from .pipeline.detector import load_detector
+        from .pipeline.detector import PersonDetector
 
-        det = load_detector(detector, device=dev)
+        det = PersonDetector.from_pretrained(detector, device=dev)
     return Engine(model, cfg, files, dev, det)
