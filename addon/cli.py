@@ -1,0 +1,269 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Headless photo -> rigged character: ``python -m addon.cli IMAGE --blend OUT.blend``.
+
+Runs the inference server as a subprocess exactly as the add-on does (addon/client.py), then
+builds the scene with the PyPI `bpy` module through `apply_result` (1 Blender unit = 1 m),
+saves the .blend and optionally exports FBX.
+
+    python -m addon.cli photo.jpg [--checkpoint DIR | --repo HF_ID] [--mhr PATH]
+        [--mode body|full] [--box x1,y1,x2,y2]... [--mask MASK.png]...
+        [--intrinsics fx,fy,cx,cy] [--prompt x,y,label]... [--device auto|cuda|cpu|mps]
+        --blend OUT.blend [--fbx OUT.fbx]
+
+Exit codes: 0 done, 1 the reconstruction or the scene build failed, 2 bad arguments.
+Errors are one line on stderr (the server's log tail follows when the server failed).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import queue
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .client import JobEvent, JobRunner, ServerProcess
+from .export import FBX_PRESETS
+
+DEFAULT_REPO = "facebook/sam-3d-body-dinov3"
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (exit code 2)."""
+
+
+class RunError(Exception):
+    """The reconstruction or the scene build failed (exit code 1)."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+def _floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count or not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(
+                f"{what} needs {count} comma-separated numbers, got {text!r}")
+        return values
+    return parse
+
+
+def _box(text: str) -> tuple[float, ...]:
+    box = _floats(4, "--box x1,y1,x2,y2")(text)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: need x2 > x1 and y2 > y1")
+    return box
+
+
+def _intrinsics(text: str) -> tuple[float, ...]:
+    values = _floats(4, "--intrinsics fx,fy,cx,cy")(text)
+    if values[0] <= 0 or values[1] <= 0:
+        raise argparse.ArgumentTypeError(f"--intrinsics {text!r}: focal lengths must be > 0")
+    return values
+
+
+def _prompt(text: str) -> tuple[float, float, int]:
+    x, y, label = _floats(3, "--prompt x,y,label")(text)
+    if not float(label).is_integer():
+        raise argparse.ArgumentTypeError(f"--prompt {text!r}: the label must be an integer")
+    return x, y, int(label)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m addon.cli",
+        description="Reconstruct the people in a photo with SAM 3D Body and save them as "
+        "rigged MHR characters in a .blend (and FBX).")
+    parser.add_argument("image", metavar="IMAGE", help="photo (JPEG, PNG, ...)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", metavar="DIR",
+                        help="checkpoint folder (model.ckpt, model_config.yaml, assets/)")
+    source.add_argument("--repo", metavar="HF_ID",
+                        help=f"Hugging Face repository id (default {DEFAULT_REPO})")
+    parser.add_argument("--mhr", metavar="PATH", help="mhr_model.pt (default: the checkpoint's)")
+    parser.add_argument("--mode", choices=("body", "full"), default="full")
+    parser.add_argument("--box", type=_box, action="append", default=[], metavar="x1,y1,x2,y2",
+                        help="person box in pixels (repeat for several people)")
+    parser.add_argument("--mask", action="append", default=[], metavar="MASK.png",
+                        help="person mask, one per --box in the same order")
+    parser.add_argument("--intrinsics", type=_intrinsics, metavar="fx,fy,cx,cy",
+                        help="camera intrinsics in pixels of the full image")
+    parser.add_argument("--prompt", type=_prompt, action="append", default=[],
+                        metavar="x,y,label",
+                        help="keypoint prompt in image pixels (label: MHR-70 index or -1)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
+    parser.add_argument("--python", metavar="PATH", default=sys.executable,
+                        help="Python that runs the server (default: this one)")
+    parser.add_argument("--blend", required=True, metavar="OUT.blend", help="scene to write")
+    parser.add_argument("--fbx", metavar="OUT.fbx", help="also export the characters as FBX")
+    parser.add_argument("--preset", choices=sorted(FBX_PRESETS), default="blender",
+                        help="FBX preset (default blender)")
+    parser.add_argument("--no-correctives", action="store_true",
+                        help="no pose-corrective shape key (plain linear blend skinning)")
+    parser.add_argument("--no-camera", action="store_true", help="do not build the photo camera")
+    parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                        help="seconds to wait for the server to load (default 600)")
+    # Extra `python -m server serve` arguments (development: alternative engines).
+    parser.add_argument("--server-arg", action="append", default=[], help=argparse.SUPPRESS)
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """File-system checks argparse cannot do; UsageError says what is wrong."""
+    if not os.path.isfile(args.image):
+        raise UsageError(f"image not found: {args.image}")
+    if args.checkpoint and not os.path.isdir(args.checkpoint):
+        raise UsageError(f"--checkpoint folder not found: {args.checkpoint}")
+    if args.mhr and not os.path.isfile(args.mhr):
+        raise UsageError(f"--mhr file not found: {args.mhr}")
+    for mask in args.mask:
+        if not os.path.isfile(mask):
+            raise UsageError(f"--mask file not found: {mask}")
+    if args.mask and len(args.mask) != len(args.box):
+        raise UsageError(f"give one --mask per --box ({len(args.mask)} masks, "
+                         f"{len(args.box)} boxes)")
+    if not args.blend.lower().endswith(".blend"):
+        raise UsageError(f"--blend must end in .blend, got {args.blend}")
+    if args.fbx and not args.fbx.lower().endswith(".fbx"):
+        raise UsageError(f"--fbx must end in .fbx, got {args.fbx}")
+    for flag, path in (("--blend", args.blend), ("--fbx", args.fbx)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        if path and not os.path.isdir(folder):
+            raise UsageError(f"the folder of {flag} does not exist: {folder}")
+    if not os.path.isfile(args.python):
+        raise UsageError(f"--python not found: {args.python}")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+
+
+def read_mask(path: str) -> np.ndarray:
+    """A mask image as HxW uint8 0/1 (through Blender's image loader; no PIL in Blender)."""
+    import bpy
+
+    image = bpy.data.images.load(os.path.abspath(path))
+    try:
+        width, height = image.size
+        if width == 0 or height == 0:
+            raise UsageError(f"cannot read mask {path}")
+        pixels = np.empty(width * height * image.channels, dtype=np.float32)
+        pixel_data: Any = image.pixels  # a bpy_prop_array (the stubs say float)
+        pixel_data.foreach_get(pixels)
+        # Blender stores rows bottom-up; the first channel carries a grey mask.
+        gray = pixels.reshape(height, width, image.channels)[::-1, :, 0]
+        return (gray > 0.5).astype(np.uint8)
+    finally:
+        bpy.data.images.remove(image)
+
+
+def _log_progress(fraction: float, message: str) -> None:
+    print(f"[{fraction * 100:3.0f}%] {message}", file=sys.stderr, flush=True)
+
+
+def run_jobs(runner: JobRunner, request: dict[str, Any], timeout: float | None = None
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(rig, result) from the server; RunError on any failure."""
+    rig_job = runner.submit_rig()
+    job = runner.submit_reconstruct(**request)
+    data: dict[int, dict[str, Any]] = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while len(data) < 2:
+        wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            event: JobEvent = runner.events.get(timeout=wait)
+        except queue.Empty:
+            raise RunError(f"no answer from the server within {timeout:g} s") from None
+        if event.kind == "progress":
+            if event.job_id == job.id or event.fraction == 0.0:
+                _log_progress(event.fraction, event.message)
+        elif event.kind == "result":
+            data[event.job_id] = dict(event.data or {})
+        else:
+            what = "the server stopped" if event.kind == "died" else "reconstruction failed"
+            code = f" [{event.code}]" if event.code else ""
+            raise RunError(f"{what}: {event.message}{code}", event.log_tail)
+    return data[rig_job.id], data[job.id]
+
+
+def build_scene(args: argparse.Namespace, rig: dict[str, Any], result: dict[str, Any]) -> None:
+    import bpy
+
+    from .apply import apply_result
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    if scene is None:
+        raise RunError("the bpy module has no scene after loading factory settings")
+    scene.unit_settings.system = "METRIC"
+    scene.unit_settings.scale_length = 1.0
+    options = {"correctives": not args.no_correctives, "camera": not args.no_camera}
+    try:
+        created = apply_result(bpy.context, result, rig, image_path=os.path.abspath(args.image),
+                               options=options)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise RunError(f"cannot build the scene: {exc}") from exc
+    blend = os.path.abspath(args.blend)
+    bpy.ops.wm.save_as_mainfile(filepath=blend)
+    print(f"wrote {blend}", file=sys.stderr)
+    if args.fbx:
+        from .export import export_fbx
+
+        fbx = os.path.abspath(args.fbx)
+        characters = [obj for obj in created if obj.type in {"ARMATURE", "MESH"}]
+        try:
+            export_fbx(fbx, characters, args.preset, context=bpy.context)
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise RunError(f"FBX export failed: {exc}") from exc
+        print(f"wrote {fbx}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with code 2 on bad syntax
+    try:
+        check_args(args)
+        masks = [read_mask(path) for path in args.mask] or None
+    except UsageError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    request: dict[str, Any] = {"image_path": os.path.abspath(args.image), "mode": args.mode}
+    if args.box:
+        request["boxes"] = np.asarray(args.box, dtype=np.float32)
+    if masks:
+        request["masks"] = masks
+    if args.intrinsics:
+        request["intrinsics"] = list(args.intrinsics)
+    if args.prompt:
+        request["prompts"] = [list(p) for p in args.prompt]
+
+    server = ServerProcess(
+        args.python, checkpoint=args.checkpoint,
+        repo=None if args.checkpoint else (args.repo or DEFAULT_REPO),
+        mhr=args.mhr, device=args.device, ready_timeout=args.timeout,
+        extra_args=args.server_arg)
+    runner = JobRunner(server)
+    try:
+        rig, result = run_jobs(runner, request)
+        runner.stop()
+        build_scene(args, rig, result)
+    except RunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.log_tail:
+            print(f"--- server log ---\n{exc.log_tail}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        runner.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The "SAM 3D Body" tab in the 3D View sidebar.
+
+Draw code only reads: it never writes properties or data and never calls operators.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+
+from .operators import editor_image
+from .properties import scene_settings, status
+
+CATEGORY = "SAM 3D Body"
+
+_STATE_ICONS: dict[str, Any] = {
+    "STOPPED": "RADIOBUT_OFF",
+    "STARTING": "SORTTIME",
+    "READY": "CHECKMARK",
+    "BUSY": "SORTTIME",
+    "ERROR": "ERROR",
+}
+
+
+class _SidebarPanel(bpy.types.Panel):
+    """Shared placement; never registered itself."""
+
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = CATEGORY
+
+    def draw(self, context: bpy.types.Context) -> None:
+        if self.layout is not None:
+            self.draw_layout(context, self.layout)
+
+    def draw_layout(self, context: bpy.types.Context, layout: bpy.types.UILayout) -> None:
+        raise NotImplementedError
+
+
+class _SettingsPanel(_SidebarPanel):
+    """A sub-panel of property rows in the split (label | value) style."""
+
+    bl_parent_id = "SAM3D_PT_main"
+
+    def draw_layout(self, context: bpy.types.Context, layout: bpy.types.UILayout) -> None:
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        self.draw_settings(context, layout, scene_settings(context))
+
+    def draw_settings(
+        self, context: bpy.types.Context, layout: bpy.types.UILayout, settings: Any
+    ) -> None:
+        raise NotImplementedError
+
+
+class SAM3D_PT_main(_SidebarPanel):
+    bl_idname = "SAM3D_PT_main"
+    bl_label = "SAM 3D Body"
+
+    def draw_layout(self, context: bpy.types.Context, layout: bpy.types.UILayout) -> None:
+        live = status(context)
+        row = layout.row()
+        row.scale_y = 1.4
+        if live.job_running:
+            row.operator("sam3d_body.cancel", text="Cancel", icon="CANCEL")
+        else:
+            row.operator("sam3d_body.reconstruct", text="Reconstruct", icon="ARMATURE_DATA")
+
+
+class SAM3D_PT_server(_SidebarPanel):
+    bl_idname = "SAM3D_PT_server"
+    bl_label = "Server"
+    bl_parent_id = "SAM3D_PT_main"
+
+    def draw_layout(self, context: bpy.types.Context, layout: bpy.types.UILayout) -> None:
+        live = status(context)
+        state = live.server_state
+        layout.label(text=state.title(), icon=_STATE_ICONS.get(state, "NONE"))
+        row = layout.row(align=True)
+        if state in {"STOPPED", "ERROR"}:
+            row.operator("sam3d_body.server_start", text="Start", icon="PLAY")
+        else:
+            row.operator("sam3d_body.server_stop", text="Stop", icon="SNAP_FACE")
+        if live.job_running:
+            layout.progress(
+                factor=live.progress,
+                type="BAR",
+                text=live.message or f"{live.progress * 100:.0f}%",
+            )
+            layout.operator("sam3d_body.cancel", text="Cancel", icon="CANCEL")
+        elif live.message:
+            layout.label(text=live.message)
+        if live.last_error:
+            box = layout.box()
+            col = box.column(align=True)
+            col.label(text=live.last_error, icon="ERROR")
+            for line in live.log_tail.splitlines()[-6:]:
+                col.label(text=line)
+
+
+class SAM3D_PT_input(_SettingsPanel):
+    bl_idname = "SAM3D_PT_input"
+    bl_label = "Input"
+
+    def draw_settings(
+        self, context: bpy.types.Context, layout: bpy.types.UILayout, settings: Any
+    ) -> None:
+        layout.prop(settings, "image_source", expand=True)
+        if settings.image_source == "FILE":
+            layout.prop(settings, "image_path")
+        else:
+            image = editor_image(context)
+            layout.label(
+                text=image.name if image is not None else "No image in an Image Editor",
+                icon="IMAGE_DATA" if image is not None else "ERROR",
+            )
+        layout.prop(settings, "mode")
+
+
+class SAM3D_PT_character(_SettingsPanel):
+    bl_idname = "SAM3D_PT_character"
+    bl_label = "Character"
+
+    def draw_settings(
+        self, context: bpy.types.Context, layout: bpy.types.UILayout, settings: Any
+    ) -> None:
+        layout.prop(settings, "pose")
+        sub = layout.column()
+        sub.active = settings.pose
+        sub.prop(settings, "corrective_shape_key")
+
+
+class SAM3D_PT_camera(_SettingsPanel):
+    bl_idname = "SAM3D_PT_camera"
+    bl_label = "Camera"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw_settings(
+        self, context: bpy.types.Context, layout: bpy.types.UILayout, settings: Any
+    ) -> None:
+        layout.prop(settings, "create_camera")
+        sub = layout.column()
+        sub.active = settings.create_camera
+        sub.prop(settings, "scene_camera")
+        layout.prop(settings, "use_focal_length")
+        sub = layout.column()
+        sub.active = settings.use_focal_length
+        sub.prop(settings, "focal_length_px")
+
+
+class SAM3D_PT_export(_SettingsPanel):
+    bl_idname = "SAM3D_PT_export"
+    bl_label = "Export"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw_settings(
+        self, context: bpy.types.Context, layout: bpy.types.UILayout, settings: Any
+    ) -> None:
+        layout.prop(settings, "export_preset")
+        layout.prop(settings, "export_path")
+        layout.operator("sam3d_body.export_fbx", icon="EXPORT")
+
+
+CLASSES = (
+    SAM3D_PT_main,
+    SAM3D_PT_server,
+    SAM3D_PT_input,
+    SAM3D_PT_character,
+    SAM3D_PT_camera,
+    SAM3D_PT_export,
+)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,170 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Machine settings: where the server's Python lives, which checkpoint, which device.
+
+These belong to the computer, not to a .blend, so they are add-on preferences.
+"""
+from __future__ import annotations
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from . import root_package
+
+CHECKPOINT_SOURCES = [
+    ("REPO", "Hugging Face", "Download (once) from a Hugging Face model repository"),
+    ("FOLDER", "Folder", "A folder holding model.ckpt, model_config.yaml and assets/"),
+]
+
+DEVICES = [
+    ("auto", "Automatic", "CUDA when available, else Apple MPS, else the CPU"),
+    ("cuda", "CUDA", "The first NVIDIA GPU"),
+    ("mps", "Apple MPS", "Apple silicon GPU"),
+    ("cpu", "CPU", "Slow, but works everywhere"),
+]
+
+SERVER_MODES = [
+    ("LOCAL", "Local", "Start the server on this computer with the Python below"),
+    ("REMOTE", "Studio Server", "Use a server someone already runs (host, port and token)"),
+]
+
+DEFAULT_REPO = "facebook/sam-3d-body-dinov3"
+
+
+class SAM3D_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = root_package()
+
+    server_mode: EnumProperty(name="Server", items=SERVER_MODES, default="LOCAL")
+    remote_host: StringProperty(
+        name="Host",
+        default="127.0.0.1",
+        description="Address of the studio server (needs Online Access unless it is this "
+        "computer)",
+    )
+    remote_port: IntProperty(name="Port", default=8765, min=1, max=65535)
+    remote_token: StringProperty(
+        name="Token",
+        subtype="PASSWORD",
+        description="The token the studio server was started with",
+    )
+    remote_ca_file: StringProperty(
+        name="CA Certificate",
+        subtype="FILE_PATH",
+        description="PEM file to verify the studio server's TLS certificate against (a "
+        "self-signed certificate can be its own CA file)",
+    )
+    remote_pin: StringProperty(
+        name="Certificate Fingerprint",
+        description="SHA-256 fingerprint of the studio server's TLS certificate (64 hex "
+        "digits, colons allowed); accepts exactly that certificate",
+    )
+    remote_allow_plain: BoolProperty(
+        name="Allow Unencrypted",
+        default=False,
+        description="Talk to a studio server on another machine without TLS: the token and "
+        "the photos cross the network readable by anyone on the way",
+    )
+    server_python: StringProperty(
+        name="Server Python",
+        subtype="FILE_PATH",
+        description="Python executable of the environment where the server's requirements "
+        "(torch, ...) are installed",
+    )
+    checkpoint_source: EnumProperty(
+        name="Checkpoint",
+        items=CHECKPOINT_SOURCES,
+        default="REPO",
+    )
+    checkpoint_repo: StringProperty(
+        name="Repository",
+        default=DEFAULT_REPO,
+        description="Hugging Face repository id of the SAM 3D Body checkpoint",
+    )
+    checkpoint_dir: StringProperty(
+        name="Folder",
+        subtype="DIR_PATH",
+        description="Local checkpoint folder (model.ckpt, model_config.yaml, assets/)",
+    )
+    mhr_path: StringProperty(
+        name="MHR Model",
+        subtype="FILE_PATH",
+        description="Override for assets/mhr_model.pt (empty: the checkpoint's own)",
+    )
+    device: EnumProperty(name="Device", items=DEVICES, default="auto")
+    auto_start: BoolProperty(
+        name="Start Server Automatically",
+        default=True,
+        description="Reconstruct starts the server when it is not running",
+    )
+    start_timeout: FloatProperty(
+        name="Start Timeout",
+        default=600.0,
+        min=5.0,
+        subtype="TIME_ABSOLUTE",
+        unit="TIME_ABSOLUTE",
+        description="Seconds to wait for the server to load the model",
+    )
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+
+        status = getattr(context.window_manager, "sam3d_body_status", None)
+        if status is not None:
+            row = layout.row()
+            row.label(text=f"Server: {status.server_state.title()}")
+            row.operator("sam3d_body.server_start", text="Start")
+            row.operator("sam3d_body.server_stop", text="Stop")
+
+        layout.prop(self, "server_mode", expand=True)
+        if self.server_mode == "REMOTE":
+            layout.prop(self, "remote_host")
+            layout.prop(self, "remote_port")
+            layout.prop(self, "remote_token")
+            layout.prop(self, "remote_ca_file")
+            layout.prop(self, "remote_pin")
+            layout.prop(self, "remote_allow_plain")
+            return
+        layout.prop(self, "server_python")
+        if not self.server_python:
+            box = layout.box()
+            col = box.column(align=True)
+            col.label(text="The server runs in its own Python environment:", icon="INFO")
+            col.label(text="create one with Python 3.11, install torch and the server's "
+                      "requirements,")
+            col.label(text="then pick its python executable above.")
+        layout.prop(self, "checkpoint_source")
+        if self.checkpoint_source == "REPO":
+            layout.prop(self, "checkpoint_repo")
+            if not bpy.app.online_access:
+                layout.label(
+                    text="Online access is off: only an already downloaded copy is used",
+                    icon="ERROR",
+                )
+        else:
+            layout.prop(self, "checkpoint_dir")
+        layout.prop(self, "mhr_path")
+        layout.prop(self, "device")
+        layout.prop(self, "auto_start")
+        layout.prop(self, "start_timeout")
+
+
+def get(context: bpy.types.Context) -> SAM3D_AP_preferences:
+    """This add-on's preferences; raises KeyError when the add-on is not enabled."""
+    preferences = context.preferences
+    if preferences is None:
+        raise KeyError(root_package())
+    return preferences.addons[root_package()].preferences  # type: ignore[return-value]
+
+
+CLASSES = (SAM3D_AP_preferences,)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,187 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Per-scene settings (saved in the .blend) and the live server/job status (never saved).
+
+Scene settings live in `Scene.sam3d_body`; status lives in `WindowManager.sam3d_body_status`
+because it describes this Blender session, not the file.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    EnumProperty,
+    FloatProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from .export import FBX_PRESETS
+
+# Blender 4.5+ wants file paths to opt in to "//" (relative to the .blend); 4.2 has no such
+# flag and accepts them anyway.
+BLEND_RELATIVE: Any = (
+    {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
+)
+
+IMAGE_SOURCES = [
+    ("EDITOR", "Image Editor", "The image shown in an Image Editor of this window"),
+    ("FILE", "File", "An image file on disk"),
+]
+
+MODES = [
+    ("body", "Body", "Body decoder only: fastest"),
+    ("full", "Full", "Body plus both hand crops and the keypoint-prompted refinement"),
+]
+
+_PRESET_HELP = {
+    "blender": "Round trip into Blender: metres kept on the objects",
+    "unity": "Unity: unit scale applied to the data, no x100 object scales",
+    "unreal": "Unreal: unit scale applied to the data, no x100 object scales",
+}
+EXPORT_PRESETS = [
+    (name, name.title(), _PRESET_HELP.get(name, f"FBX preset '{name}'"))
+    for name in FBX_PRESETS
+]
+
+SERVER_STATES = [
+    ("STOPPED", "Stopped", "No server process"),
+    ("STARTING", "Starting", "The server process is loading"),
+    ("READY", "Ready", "The server is running and idle"),
+    ("BUSY", "Busy", "The server is working on a request"),
+    ("ERROR", "Error", "The last request or the server failed"),
+]
+
+
+class SAM3D_PG_scene(bpy.types.PropertyGroup):
+    """What to reconstruct and how to build it; stored per scene."""
+
+    # Input
+    image_source: EnumProperty(
+        name="Image",
+        items=IMAGE_SOURCES,
+        default="EDITOR",
+        description="Where the reference photo comes from",
+    )
+    image_path: StringProperty(
+        name="Image File",
+        subtype="FILE_PATH",
+        options=BLEND_RELATIVE,
+        description="Reference photo (PNG, JPEG, ...); // paths are relative to the .blend",
+    )
+    mode: EnumProperty(
+        name="Mode",
+        items=MODES,
+        default="full",
+        description="How much of the model to run",
+    )
+
+    # Character
+    pose: BoolProperty(
+        name="Pose",
+        default=True,
+        description="Pose the bones as in the photo (off: leave the rest pose)",
+    )
+    corrective_shape_key: BoolProperty(
+        name="Pose Corrective",
+        default=True,
+        description="Add a shape key with MHR's pose correctives so the posed mesh matches "
+        "the prediction exactly (it only fits this pose)",
+    )
+
+    # Camera
+    create_camera: BoolProperty(
+        name="Camera",
+        default=True,
+        description="Create a camera from the focal length the model used",
+    )
+    scene_camera: BoolProperty(
+        name="Scene Camera",
+        default=True,
+        description="Make it the scene camera and set the render size to the photo's",
+    )
+    use_focal_length: BoolProperty(
+        name="Known Focal Length",
+        default=False,
+        description="Use this focal length instead of EXIF or the model's default",
+    )
+    focal_length_px: FloatProperty(
+        name="Focal Length (px)",
+        default=1000.0,
+        min=1.0,
+        soft_max=20000.0,
+        description="Focal length in pixels of the full image; the principal point is "
+        "the image centre",
+    )
+
+    # Export
+    export_preset: EnumProperty(
+        name="Preset",
+        items=EXPORT_PRESETS,
+        default="blender",
+        description="FBX axes and options for the target application",
+    )
+    export_path: StringProperty(
+        name="FBX File",
+        subtype="FILE_PATH",
+        options=BLEND_RELATIVE,
+        default="//sam3d_body.fbx",
+        description="Where Export FBX writes",
+    )
+    last_collection: StringProperty(
+        name="Last Result",
+        description="Collection built by the last Reconstruct (exported when no armature "
+        "is selected)",
+    )
+
+
+class SAM3D_PG_status(bpy.types.PropertyGroup):
+    """Live state of the server and the running job, shown by the panel."""
+
+    server_state: EnumProperty(
+        name="Server",
+        items=SERVER_STATES,
+        default="STOPPED",
+    )
+    message: StringProperty(name="Status")
+    progress: FloatProperty(
+        name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR"
+    )
+    job_running: BoolProperty(name="Job Running", default=False)
+    last_error: StringProperty(name="Last Error")
+    log_tail: StringProperty(name="Server Log")
+
+
+def scene_settings(context: bpy.types.Context) -> SAM3D_PG_scene:
+    """The add-on's settings of the context's scene; raises RuntimeError without a scene."""
+    scene = context.scene
+    if scene is None:
+        raise RuntimeError("no active scene")
+    return scene.sam3d_body  # type: ignore[attr-defined]
+
+
+def status(context: bpy.types.Context) -> SAM3D_PG_status:
+    """The live status of this Blender session (window manager); RuntimeError without one."""
+    wm = context.window_manager
+    if wm is None:
+        raise RuntimeError("no window manager")
+    return wm.sam3d_body_status  # type: ignore[attr-defined]
+
+
+CLASSES = (SAM3D_PG_scene, SAM3D_PG_status)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    # setattr: the stubs know neither attribute.
+    setattr(bpy.types.Scene, "sam3d_body", PointerProperty(type=SAM3D_PG_scene))
+    setattr(bpy.types.WindowManager, "sam3d_body_status", PointerProperty(type=SAM3D_PG_status))
+
+
+def unregister() -> None:
+    delattr(bpy.types.WindowManager, "sam3d_body_status")
+    delattr(bpy.types.Scene, "sam3d_body")
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
