@@ -1,0 +1,251 @@
+"""The ONLY module that writes bpy data for the character: mesh, armature, skin, pose, camera.
+
+Everything here takes plain numpy arrays already converted to Blender axes and metres (the math
+lives in ``addon/rig``). Bulk data goes through ``foreach_set``; the per-bone loops touch 127
+bones. Compatible with Blender 4.2 - 5.x (no removed APIs: no ``Action.fcurves``, no dict
+context overrides).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import bpy
+import numpy as np
+from mathutils import Matrix
+
+from .rig.camera import CameraParams
+
+MATERIAL_NAME = "SAM3D Body Skin"
+CORRECTIVE_KEY = "pose_correctives"
+HIDDEN_BONE_COLLECTIONS = ("Helpers",)  # twist helpers and end sites: shown on demand
+
+
+def new_collection(context: bpy.types.Context, name: str) -> bpy.types.Collection:
+    coll = bpy.data.collections.new(name)
+    context.scene.collection.children.link(coll)
+    return coll
+
+
+def ensure_object_mode(context: bpy.types.Context) -> None:
+    """Leave any edit/pose mode first: switching another object into Edit Mode needs it."""
+    if context.mode != "OBJECT" and context.view_layer.objects.active is not None:
+        active = context.view_layer.objects.active
+        with context.temp_override(active_object=active, object=active):
+            bpy.ops.object.mode_set(mode="OBJECT")
+
+
+def neutral_material() -> bpy.types.Material:
+    mat = bpy.data.materials.get(MATERIAL_NAME)
+    if mat is not None:
+        return mat
+    mat = bpy.data.materials.new(MATERIAL_NAME)
+    color = (0.72, 0.62, 0.56, 1.0)
+    mat.diffuse_color = color
+    if bpy.app.version < (5, 0, 0):
+        mat.use_nodes = True  # always on (and deprecated) in 5.0
+    tree = mat.node_tree
+    if tree is not None:
+        bsdf = next((n for n in tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+        if bsdf is not None:
+            bsdf.inputs["Base Color"].default_value = color
+            bsdf.inputs["Roughness"].default_value = 0.6
+    return mat
+
+
+def build_mesh(name: str, vertices: np.ndarray, faces: np.ndarray,
+               texcoords: np.ndarray | None = None,
+               texcoord_faces: np.ndarray | None = None,
+               material: bpy.types.Material | None = None) -> bpy.types.Mesh:
+    """Triangle mesh in bulk (vertices.add / loops / polygons foreach_set), UVs, smooth shading."""
+    v = np.ascontiguousarray(vertices, dtype=np.float32)
+    f = np.ascontiguousarray(faces, dtype=np.int32)
+    me = bpy.data.meshes.new(name)
+    me.vertices.add(v.shape[0])
+    me.vertices.foreach_set("co", v.ravel())
+    me.loops.add(f.size)
+    me.loops.foreach_set("vertex_index", f.ravel())
+    me.polygons.add(f.shape[0])
+    me.polygons.foreach_set("loop_start", np.arange(0, f.size, 3, dtype=np.int32))
+    try:
+        me.polygons.foreach_set("loop_total", np.full(f.shape[0], 3, dtype=np.int32))
+    except (AttributeError, TypeError, RuntimeError):
+        pass  # read-only where polygon sizes follow from loop_start alone
+    if texcoords is not None and texcoord_faces is not None:
+        uv = me.uv_layers.new(name="UVMap")
+        uv_loops = np.asarray(texcoords, dtype=np.float32)[np.asarray(texcoord_faces).ravel()]
+        uv.data.foreach_set("uv", np.ascontiguousarray(uv_loops).ravel())
+    me.polygons.foreach_set("use_smooth", np.ones(f.shape[0], dtype=bool))
+    if material is not None:
+        me.materials.append(material)
+    me.update()
+    return me
+
+
+def build_armature_data(context: bpy.types.Context, collection: bpy.types.Collection, name: str,
+                        bone_names: Sequence[str], parents: np.ndarray, matrices: np.ndarray,
+                        lengths: np.ndarray, deforming: np.ndarray,
+                        collections: Sequence[str] | None = None) -> bpy.types.Object:
+    """Armature object whose bone j has rest matrix ``matrices[j]`` (armature space, metres),
+    in bone collection ``collections[j]`` (Blender 4.0+).
+
+    ``EditBone.matrix`` sets head, direction and roll at once; the length comes after because
+    the matrix keeps the current one. Bones are never connected (that would snap heads).
+    """
+    arm = bpy.data.armatures.new(name)
+    obj = bpy.data.objects.new(name, arm)
+    collection.objects.link(obj)
+    colls = {}
+    if collections is not None and hasattr(arm, "collections"):
+        for cname in dict.fromkeys(collections):  # first-seen order
+            colls[cname] = arm.collections.new(cname)
+            colls[cname].is_visible = cname not in HIDDEN_BONE_COLLECTIONS
+    context.view_layer.objects.active = obj
+    with context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
+                               selected_editable_objects=[obj]):
+        bpy.ops.object.mode_set(mode="EDIT")
+        try:
+            ebs = []
+            for j, bname in enumerate(bone_names):
+                eb = arm.edit_bones.new(bname)
+                eb.head = (0.0, 0.0, 0.0)
+                eb.tail = (0.0, float(lengths[j]), 0.0)
+                eb.matrix = Matrix(matrices[j].tolist())
+                eb.length = float(lengths[j])
+                eb.use_connect = False
+                eb.inherit_scale = "FULL"
+                eb.use_inherit_rotation = True
+                eb.use_local_location = True
+                eb.use_deform = bool(deforming[j])
+                if colls:
+                    colls[collections[j]].assign(eb)
+                ebs.append(eb)
+            for j, p in enumerate(parents):
+                if p >= 0:
+                    ebs[j].parent = ebs[int(p)]
+        finally:
+            bpy.ops.object.mode_set(mode="OBJECT")
+    if len(arm.bones) != len(bone_names):
+        raise RuntimeError(f"Blender kept {len(arm.bones)} of {len(bone_names)} bones "
+                           "(zero-length bones are deleted on leaving Edit Mode)")
+    arm.display_type = "OCTAHEDRAL"
+    obj.show_in_front = True
+    return obj
+
+
+def bone_rest_matrices(obj: bpy.types.Object, bone_names: Sequence[str]) -> np.ndarray:
+    """The stored rest matrices (``bone.matrix_local``, armature space) in joint order."""
+    flat = np.empty(len(obj.data.bones) * 16, dtype=np.float32)
+    obj.data.bones.foreach_get("matrix_local", flat)
+    mats = flat.reshape(-1, 4, 4).transpose(0, 2, 1)  # foreach_get is column-major
+    order = [obj.data.bones.find(n) for n in bone_names]
+    return mats[order].astype(np.float64)
+
+
+def set_pose(obj: bpy.types.Object, bone_names: Sequence[str], location: np.ndarray,
+             quaternion_wxyz: np.ndarray, scale: np.ndarray) -> None:
+    """Pose-bone local transforms (``matrix_basis`` parts); quaternion rotation mode."""
+    if obj.pose is None:
+        raise RuntimeError(f"armature object {obj.name!r} has no pose")
+    bones = obj.pose.bones
+    for j, name in enumerate(bone_names):
+        pb = bones[name]
+        pb.rotation_mode = "QUATERNION"
+        pb.location = location[j].tolist()
+        pb.rotation_quaternion = quaternion_wxyz[j].tolist()
+        pb.scale = scale[j].tolist()
+
+
+def add_vertex_groups(obj: bpy.types.Object, bone_names: Sequence[str],
+                      skin_indices: np.ndarray, skin_weights: np.ndarray) -> None:
+    """One vertex group per bone, in bone order (group index = bone index).
+
+    ``VertexGroup.add`` takes one weight per call, so vertices are grouped by (bone, weight):
+    many vertices share exact weights (rigid parts have weight 1), which keeps the call count
+    well below one call per influence.
+    """
+    groups = [obj.vertex_groups.new(name=n) for n in bone_names]
+    idx = np.asarray(skin_indices)
+    w = np.asarray(skin_weights, dtype=np.float32)
+    vert = np.broadcast_to(np.arange(idx.shape[0])[:, None], idx.shape)
+    keep = w > 0
+    joints, weights, verts = idx[keep], w[keep], vert[keep]
+    order = np.lexsort((verts, weights, joints))
+    joints, weights, verts = joints[order], weights[order], verts[order]
+    change = np.flatnonzero((np.diff(joints) != 0) | (np.diff(weights) != 0)) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [joints.size]])
+    verts_list = verts.tolist()
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        groups[int(joints[s])].add(verts_list[s:e], float(weights[s]), "REPLACE")
+
+
+def skin_to_armature(mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object) -> None:
+    mesh_obj.parent = arm_obj
+    mesh_obj.matrix_parent_inverse = Matrix.Identity(4)
+    mod = mesh_obj.modifiers.new(name="Armature", type="ARMATURE")
+    mod.object = arm_obj
+    mod.use_vertex_groups = True
+    mod.use_bone_envelopes = False
+    mod.use_deform_preserve_volume = False  # engines do plain LBS
+
+
+def add_corrective_key(mesh_obj: bpy.types.Object, corrected: np.ndarray,
+                       value: float = 1.0) -> bpy.types.ShapeKey:
+    """Rest-space pose correctives as a shape key (acts before the Armature modifier)."""
+    if mesh_obj.data.shape_keys is None:
+        mesh_obj.shape_key_add(name="Basis", from_mix=False)
+    key = mesh_obj.shape_key_add(name=CORRECTIVE_KEY, from_mix=False)
+    key.data.foreach_set("co", np.ascontiguousarray(corrected, dtype=np.float32).ravel())
+    key.value = value
+    mesh_obj.data.update()
+    return key
+
+
+def new_object(collection: bpy.types.Collection, name: str, data: bpy.types.ID,
+               location: Sequence[float] = (0.0, 0.0, 0.0)) -> bpy.types.Object:
+    obj = bpy.data.objects.new(name, data)
+    obj.location = tuple(float(x) for x in location)
+    collection.objects.link(obj)
+    return obj
+
+
+def set_mesh_positions(mesh: bpy.types.Mesh, vertices: np.ndarray) -> None:
+    mesh.vertices.foreach_set("co", np.ascontiguousarray(vertices, dtype=np.float32).ravel())
+    mesh.update()
+
+
+def build_camera(context: bpy.types.Context, collection: bpy.types.Collection, name: str,
+                 params: CameraParams, image_path: str | None = None,
+                 make_scene_camera: bool = True) -> bpy.types.Object:
+    """Camera matching the photo's intrinsics; the photo as its background image."""
+    cam = bpy.data.cameras.new(name)
+    cam.type = "PERSP"
+    cam.lens_unit = "MILLIMETERS"
+    cam.sensor_fit = params.sensor_fit
+    cam.sensor_width = params.sensor_width_mm
+    cam.sensor_height = params.sensor_height_mm
+    cam.lens = params.lens_mm
+    cam.shift_x = params.shift_x
+    cam.shift_y = params.shift_y
+    cam.clip_start = params.clip_start
+    cam.clip_end = params.clip_end
+    obj = new_object(collection, name, cam, params.location)
+    obj.rotation_mode = "XYZ"
+    obj.rotation_euler = params.rotation_euler
+    if image_path:
+        image = bpy.data.images.load(image_path, check_existing=True)
+        cam.show_background_images = True
+        bg = cam.background_images.new()
+        bg.image = image
+        bg.frame_method = "STRETCH"  # the render frame has the photo's aspect by construction
+        bg.display_depth = "BACK"
+        bg.alpha = 1.0
+    if make_scene_camera:
+        scene = context.scene
+        scene.camera = obj
+        scene.render.resolution_x = params.resolution_x
+        scene.render.resolution_y = params.resolution_y
+        scene.render.resolution_percentage = 100
+        scene.render.pixel_aspect_x = params.pixel_aspect_x
+        scene.render.pixel_aspect_y = params.pixel_aspect_y
+    return obj
