@@ -24,11 +24,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import numpy as np
 
 from . import wire
+from .tls import TlsError, TlsSettings
 
 READY_PREFIX = "SAM3D_READY "
 TOKEN_ENV = "SAM3D_BODY_TOKEN"
@@ -89,13 +90,16 @@ class LogBuffer:
 
 class Client:
     """One authenticated connection. Calls block; `cancel` may be called from another thread
-    while `reconstruct` waits."""
+    while `reconstruct` waits. ``tls`` (`addon.tls.TlsSettings`: a CA file or a pinned
+    certificate fingerprint) encrypts the connection to a remote server; the token is only
+    sent once the server's certificate has passed that check."""
 
     def __init__(self, host: str, port: int, token: str, *, timeout: float = 10.0,
-                 limits: wire.Limits = wire.Limits()) -> None:
+                 limits: wire.Limits = wire.Limits(), tls: TlsSettings | None = None) -> None:
         self.host, self.port, self.token = host, port, token
         self.timeout = timeout
         self.limits = limits
+        self.tls = tls
         self.info: dict[str, Any] = {}
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
@@ -122,6 +126,16 @@ class Client:
             raise ConnectionLost(f"cannot connect to the server at {self.host}:{self.port}: "
                                  f"{exc}") from exc
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Keepalive: a remote server that vanishes without closing is noticed eventually.
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.tls is not None:
+            try:
+                # A SerialisedSocket has every socket method this class and wire use.
+                self._sock = cast(socket.socket, self.tls.wrap(self._sock, self.host))
+            except TlsError as exc:
+                self._sock = None
+                raise ConnectionLost(f"secure connection to {self.host}:{self.port} failed: "
+                                     f"{exc}") from exc
         rid = self.next_id()
         try:
             self._send("hello", rid, {"version": wire.PROTOCOL_VERSION, "token": self.token,
@@ -458,11 +472,13 @@ class JobRunner:
     def __init__(self, server: ServerProcess | None = None, *,
                  address: tuple[str, int, str] | None = None,
                  events: queue.Queue[JobEvent] | None = None,
-                 connect_timeout: float = 10.0, request_timeout: float | None = None) -> None:
+                 connect_timeout: float = 10.0, request_timeout: float | None = None,
+                 tls: TlsSettings | None = None) -> None:
         if (server is None) == (address is None):
             raise ValueError("give exactly one of server or address")
         self.server = server
         self.address = address
+        self.tls = tls
         self.events: queue.Queue[JobEvent] = events if events is not None else queue.Queue()
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
@@ -500,7 +516,7 @@ class JobRunner:
 
     def _connect(self, job: Job) -> Client:
         if self.address is not None:
-            client = Client(*self.address, timeout=self.connect_timeout)
+            client = Client(*self.address, timeout=self.connect_timeout, tls=self.tls)
             client.connect()
             return client
         assert self.server is not None

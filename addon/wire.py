@@ -119,7 +119,12 @@ class Message:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer too large for a float
+        return False
 
 
 def _check_str(value: Any) -> str | None:
@@ -183,7 +188,7 @@ _FLOATS = frozenset({"f2", "f4", "f8"})
 
 
 def _check_reconstruct(message: Message) -> str | None:
-    sources = [k for k in ("image", "image_bytes") if k in message.arrays]
+    sources: list[str] = [k for k in ("image", "image_bytes") if k in message.arrays]
     if "image_path" in message.fields:
         sources.append("image_path")
     if len(sources) != 1:
@@ -251,7 +256,7 @@ def validate_message(message: Message) -> None:
     def fail(text: str) -> BadSchema:
         return BadSchema(f"{message.type}: {text}", rid)
 
-    for name, check in schema.required.items():
+    for name in schema.required:
         if name not in message.fields:
             raise fail(f"missing field '{name}'")
     for name, value in message.fields.items():
@@ -378,18 +383,27 @@ def send_message(sock: socket.socket, type: str, id: int | str,
 # Decoding
 
 
+# A large read grows its buffer as bytes arrive (doubling from this size), so a peer that
+# announces a big payload and then stalls holds memory for what it sent, not what it claimed.
+_GROW_FROM = 16 << 20
+
+
 def _read_exact(source: Any, n: int, *, at_boundary: bool = False) -> bytearray:
-    buffer = bytearray(n)
+    buffer = bytearray(min(n, _GROW_FROM))
     view = memoryview(buffer)
     got = 0
     recv_into = getattr(source, "recv_into", None)
     read_into = recv_into or getattr(source, "readinto", None)
     while got < n:
+        if got == len(buffer):
+            view.release()
+            buffer.extend(bytes(min(len(buffer), n - len(buffer))))
+            view = memoryview(buffer)
         try:
             if read_into is not None:
                 count = read_into(view[got:])
             else:
-                chunk = source.read(n - got)
+                chunk = source.read(len(buffer) - got)
                 count = len(chunk) if chunk else 0
                 view[got:got + count] = chunk or b""
         except socket.timeout:
@@ -401,6 +415,7 @@ def _read_exact(source: Any, n: int, *, at_boundary: bool = False) -> bytearray:
                 raise ConnectionClosed("connection closed")
             raise TruncatedFrame(f"stream ended after {got} of {n} bytes")
         got += count
+    view.release()
     return buffer
 
 

@@ -2,29 +2,38 @@
 """The socket server: one resident engine, many authenticated connections.
 
 Each connection has a reader thread that parses frames (`addon.wire`), checks the hello/token
-handshake and turns requests into jobs. A single model worker thread runs the jobs from a
-bounded queue, so the engine (and the GPU) is only ever used from one thread. Replies from the
-worker and the reader share a per-connection send lock. A connection that goes away cancels its
-jobs; bad frames get an `error` reply and never stop the server.
+handshake and turns requests into jobs, and a writer thread that sends its replies
+(server/connection.py), so a client that stops reading never blocks anyone else. A single model
+worker thread runs the jobs from a bounded queue that takes turns between connections
+(server/fair_queue.py), so the engine (and the GPU) is only ever used from one thread and one
+client with many jobs cannot starve another. Every read has a timeout: a peer that sends half a
+frame, or nothing at all, is dropped. A connection that goes away cancels its jobs; bad frames
+get an `error` reply and never stop the server; an engine that runs out of memory gets an
+`out_of_memory` reply and its cached memory freed (server/oom.py).
 """
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import os
 import queue
 import socket
+import ssl
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import numpy as np
 
-from addon import wire
-from server.errors import BAD_INPUT, CANCELLED, INTERNAL
+from addon import tls, wire
+from server import oom
+from server.connection import Connection
+from server.errors import BAD_INPUT, CANCELLED, INTERNAL, OUT_OF_MEMORY
+from server.fair_queue import FairQueue
 
 log = logging.getLogger("server.service")
 
@@ -32,14 +41,29 @@ READY_PREFIX = "SAM3D_READY "
 TOKEN_ENV = "SAM3D_BODY_TOKEN"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
+# Same as server.imageio.DEFAULT_MAX_PIXELS (not imported: that pulls in Pillow): raw pixel
+# arrays get the limit encoded images get.
+MAX_PIXELS = 100_000_000
+
 # Error codes of the protocol itself (engine failures use server.errors codes).
 AUTH = "auth"
 VERSION = "version"
 BUSY = "busy"
 DUPLICATE_ID = "duplicate_id"
+IDLE = "idle"
 
 
-@dataclass
+def is_loopback(host: str) -> bool:
+    """True for names and addresses that only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(eq=False)  # identity, not field equality: queued jobs are found by identity
 class Job:
     connection: "Connection"
     id: int | str
@@ -50,96 +74,56 @@ class Job:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class Connection:
-    """One client socket; `send` is safe from any thread and reports a broken peer as False."""
-
-    def __init__(self, sock: socket.socket, address: Any) -> None:
-        self.sock = sock
-        self.address = address
-        self.jobs: dict[int | str, Job] = {}
-        self.closed = threading.Event()
-        self._send_lock = threading.Lock()
-
-    def send(self, type: str, id: int | str, fields: Mapping[str, Any] | None = None,
-             arrays: Mapping[str, Any] | None = None) -> bool:
-        parts = wire.encode_parts(type, id, fields, arrays)
-        with self._send_lock:
-            if self.closed.is_set():
-                return False
-            try:
-                for part in parts:
-                    self.sock.sendall(part)
-                return True
-            except OSError as exc:
-                log.info("connection %s lost while sending %s: %s", self.address, type, exc)
-                self.close()
-                return False
-
-    def error(self, id: int | str | None, code: str, message: str) -> bool:
-        # Id 0 marks an error that cannot be tied to a request (clients number requests from 1).
-        return self.send("error", 0 if id is None else id, {"code": code, "message": message})
-
-    def hang_up(self, drain_seconds: float = 0.5, drain_bytes: int = 4 << 20) -> None:
-        """Close after a protocol error without losing our last reply: closing a socket with
-        unread input makes the kernel send a reset, which can destroy the error message the
-        peer has not read yet. So stop writing, swallow what the peer still sends (briefly),
-        then close."""
-        if self.closed.is_set():
-            return
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-            self.sock.settimeout(drain_seconds)
-            deadline = time.monotonic() + drain_seconds
-            while drain_bytes > 0 and time.monotonic() < deadline:
-                chunk = self.sock.recv(min(drain_bytes, 1 << 16))
-                if not chunk:
-                    break
-                drain_bytes -= len(chunk)
-        except OSError:
-            pass
-        self.close()
-
-    def close(self) -> None:
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        for job in list(self.jobs.values()):
-            job.cancelled.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-
 class InferenceService:
-    """Serve ``engine`` on ``host:port`` (port 0 picks a free one) until `shutdown`."""
+    """Serve ``engine`` on ``host:port`` (port 0 picks a free one) until `shutdown`.
+
+    Timeouts: ``handshake_timeout`` for the hello (and the TLS handshake); ``io_timeout`` is the
+    longest a frame may stall half-way and the longest a reply may wait for the peer to take
+    it (both close the connection); ``idle_timeout`` closes a connection that sent nothing and
+    has no job running for that long (None: never). ``ssl_context``: TLS for every connection.
+    ``allow_image_path``: accept requests naming a file on the server's disk (loopback only,
+    by default: a remote peer must not probe the server's files)."""
 
     def __init__(self, engine: Any, request_type: Callable[..., Any], token: str, *,
                  host: str = "127.0.0.1", port: int = 0, queue_size: int = 8,
                  max_connections: int = 32, handshake_timeout: float = 10.0,
-                 limits: wire.Limits = wire.Limits()) -> None:
+                 limits: wire.Limits = wire.Limits(), io_timeout: float = 30.0,
+                 idle_timeout: float | None = 3600.0, max_queued_per_connection: int | None = None,
+                 ssl_context: ssl.SSLContext | None = None, allow_image_path: bool | None = None,
+                 max_pixels: int = MAX_PIXELS) -> None:
         if not token:
             raise ValueError("the service needs a non-empty token")
+        for name, value in (("handshake_timeout", handshake_timeout), ("io_timeout", io_timeout)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         self.engine = engine
         self.request_type = request_type
         self._token = token.encode("utf-8")
         self.limits = limits
         self.handshake_timeout = handshake_timeout
+        self.io_timeout = io_timeout
+        self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        self._jobs: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
+        self.ssl_context = ssl_context
+        self.allow_image_path = is_loopback(host) if allow_image_path is None else allow_image_path
+        self.max_pixels = max_pixels
+        self._jobs: FairQueue[Job] = FairQueue(queue_size, max_queued_per_connection)
         self._stopped = threading.Event()
+        self._closing = False
         self._connections: set[Connection] = set()
         self._conn_lock = threading.Lock()
         self._rig_arrays: dict[str, np.ndarray] | None = None
+        self.oom_count = 0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host, port), family=family)
         self._listener.settimeout(0.2)
         self.host = host
         self.port = self._listener.getsockname()[1]
+        self._worker = threading.Thread(target=self._worker_loop, name="model-worker",
+                                        daemon=True)
         self._threads = [
             threading.Thread(target=self._accept_loop, name="accept", daemon=True),
-            threading.Thread(target=self._worker_loop, name="model-worker", daemon=True),
+            self._worker,
         ]
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -147,35 +131,51 @@ class InferenceService:
     def start(self) -> "InferenceService":
         for thread in self._threads:
             thread.start()
-        log.info("listening on %s:%d", self.host, self.port)
+        log.info("listening on %s:%d%s", self.host, self.port,
+                 " (TLS)" if self.ssl_context is not None else "")
         return self
 
     def info(self) -> dict[str, Any]:
         engine_info = dict(getattr(self.engine, "info", {}) or {})
         return {**engine_info, "protocol": wire.PROTOCOL_VERSION, "port": self.port,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "tls": self.ssl_context is not None}
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until shut down; True when it was."""
         return self._stopped.wait(timeout)
 
+    def join_worker(self, timeout: float) -> bool:
+        """After `shutdown`: wait for the model worker to leave its current job; True if it
+        did within ``timeout`` (an engine call that ignores cancel may not)."""
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+        return not self._worker.is_alive()
+
     def shutdown(self) -> None:
         if self._stopped.is_set():
             return
         log.info("shutting down")
+        self._closing = True
+        try:  # first, so nobody connects once `wait` has returned
+            self._listener.close()
+        except OSError:
+            pass
         self._stopped.set()
         with self._conn_lock:
             connections = list(self._connections)
         for connection in connections:
             connection.close()
-        try:
-            self._listener.close()
-        except OSError:
-            pass
 
     @property
     def stopped(self) -> bool:
         return self._stopped.is_set()
+
+    def connection_count(self) -> int:
+        with self._conn_lock:
+            return len(self._connections)
+
+    def queued(self) -> int:
+        return self._jobs.qsize()
 
     # -- connections -------------------------------------------------------------------------
 
@@ -186,47 +186,74 @@ class InferenceService:
             except socket.timeout:
                 continue
             except OSError:
-                if self._stopped.is_set():
+                if self._closing or self._stopped.is_set():
                     return
                 log.exception("accept failed")
                 time.sleep(0.1)
                 continue
             # Replies are several small writes (progress, header, arrays): no Nagle delays.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Keepalive notices a remote peer that vanished without closing.
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except OSError:
+                sock.close()
+                continue
             connection = Connection(sock, address)
             with self._conn_lock:
                 full = len(self._connections) >= self.max_connections
-                if not full:
-                    self._connections.add(connection)
-            if full:
-                connection.error(None, BUSY, f"too many connections (limit "
-                                             f"{self.max_connections})")
-                connection.close()
-                continue
-            threading.Thread(target=self._serve_connection, args=(connection,),
+                self._connections.add(connection)
+            # Everything that can block (TLS handshake, sending, reading) happens on the
+            # connection's own threads, never here.
+            threading.Thread(target=self._serve_connection, args=(connection, full),
                              name=f"conn-{address}", daemon=True).start()
 
-    def _serve_connection(self, connection: Connection) -> None:
+    def _serve_connection(self, connection: Connection, refuse: bool = False) -> None:
         try:
+            connection.sock.settimeout(self.handshake_timeout)
+            if self.ssl_context is not None and not self._start_tls(connection):
+                return
+            connection.sock.settimeout(self.io_timeout)
+            connection.start_writer()
+            if refuse:
+                connection.error(None, BUSY, f"too many connections (limit "
+                                             f"{self.max_connections})")
+                return
             if self._handshake(connection):
-                connection.sock.settimeout(None)
                 self._read_requests(connection)
         except Exception:  # a bug in one connection must not take the server down
             log.exception("connection %s failed", connection.address)
         finally:
-            connection.hang_up()
+            connection.hang_up(flush_seconds=min(self.io_timeout, 5.0))
+            self._drop_jobs(connection)
             with self._conn_lock:
                 self._connections.discard(connection)
 
-    def _handshake(self, connection: Connection) -> bool:
-        connection.sock.settimeout(self.handshake_timeout)
+    def _start_tls(self, connection: Connection) -> bool:
+        assert self.ssl_context is not None
         try:
-            message = wire.read_message(connection.sock, wire.HANDSHAKE_LIMITS)
+            # Serialised: the connection's reader and writer threads share one TLS session.
+            wrapped = self.ssl_context.wrap_socket(connection.sock, server_side=True)
+            connection.sock = cast(socket.socket, tls.SerialisedSocket(wrapped))
+        except (ssl.SSLError, OSError) as exc:  # includes the handshake timeout
+            log.warning("TLS handshake with %s failed: %s", connection.address, exc)
+            connection.close()
+            return False
+        return True
+
+    def _handshake(self, connection: Connection) -> bool:
+        sock = connection.sock
+        sock.settimeout(self.handshake_timeout)
+        try:
+            message = wire.read_message(sock, wire.HANDSHAKE_LIMITS)
         except socket.timeout:
             connection.error(None, AUTH, "no hello within "
                                          f"{self.handshake_timeout:g} s; closing")
             return False
         except wire.ConnectionClosed:
+            return False
+        except wire.TruncatedFrame as exc:
+            connection.error(exc.request_id, AUTH, f"incomplete hello ({exc}); closing")
             return False
         except wire.WireError as exc:
             connection.error(exc.request_id, AUTH,
@@ -234,6 +261,9 @@ class InferenceService:
             return False
         except OSError:
             return False
+        finally:
+            if not connection.closed.is_set():
+                sock.settimeout(self.io_timeout)
         if message.type != "hello":
             connection.error(message.id, AUTH, "the first message must be a hello with the token")
             return False
@@ -244,6 +274,7 @@ class InferenceService:
                              "the server)")
             return False
         token = message.fields.get("token")
+        # compare_digest: the comparison takes the same time wherever the first difference is.
         if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8"),
                                                                  self._token):
             log.warning("refused a connection from %s: %s token", connection.address,
@@ -254,19 +285,29 @@ class InferenceService:
                                {"version": wire.PROTOCOL_VERSION, "info": self.info()})
 
     def _read_requests(self, connection: Connection) -> None:
+        last_frame = time.monotonic()
         while not self._stopped.is_set() and not connection.closed.is_set():
             try:
                 message = wire.read_message(connection.sock, self.limits)
+            except socket.timeout:  # nothing at a frame boundary: an idle peer, not a broken one
+                idle = time.monotonic() - last_frame
+                if (self.idle_timeout is not None and idle >= self.idle_timeout
+                        and not connection.jobs and not connection.pending()):
+                    connection.error(None, IDLE, f"closing a connection idle for {idle:.0f} s")
+                    return
+                continue
             except wire.ConnectionClosed:
                 return
             except wire.BadSchema as exc:  # frame consumed: the stream is still in sync
                 connection.error(exc.request_id, exc.code, str(exc))
+                last_frame = time.monotonic()
                 continue
-            except wire.WireError as exc:  # framing lost: say why, then hang up
+            except wire.WireError as exc:  # framing lost or stalled: say why, then hang up
                 connection.error(exc.request_id, exc.code, f"{exc}; closing the connection")
                 return
-            except OSError:
+            except (OSError, ValueError):  # ValueError: the socket was closed under us
                 return
+            last_frame = time.monotonic()
             self._dispatch(connection, message)
 
     def _dispatch(self, connection: Connection, message: wire.Message) -> None:
@@ -280,6 +321,7 @@ class InferenceService:
             self._cancel(connection, message.id)
         elif kind == "shutdown":
             connection.send("shutdown", message.id)
+            connection.flush(min(self.io_timeout, 2.0))
             self.shutdown()
         elif kind in ("rig", "reconstruct"):
             self._submit(connection, message)
@@ -293,15 +335,21 @@ class InferenceService:
             return
         job = Job(connection, message.id, message.type)
         if message.type == "reconstruct":
+            if "image_path" in message.fields and not self.allow_image_path:
+                connection.error(message.id, BAD_INPUT,
+                                 "this server does not read files named by remote clients "
+                                 "(image_path); send the image bytes instead")
+                return
             try:
-                job.request = build_request(self.request_type, message.fields, message.arrays)
+                job.request = build_request(self.request_type, message.fields, message.arrays,
+                                            max_pixels=self.max_pixels)
             except Exception as exc:
                 code, text = _describe(exc)
                 connection.error(message.id, code, text)
                 return
         connection.jobs[job.id] = job
         try:
-            self._jobs.put_nowait(job)
+            self._jobs.put_nowait(connection, job)
         except queue.Full:
             connection.jobs.pop(job.id, None)
             connection.error(message.id, BUSY, "the server is busy (too many queued requests); "
@@ -317,8 +365,17 @@ class InferenceService:
             if job.state != "queued":
                 return  # the worker answers when the engine notices
             job.state = "done"
+        self._jobs.remove(connection, job)  # free its place in the queue now
         connection.jobs.pop(request_id, None)
         connection.error(request_id, CANCELLED, "cancelled before it started")
+
+    def _drop_jobs(self, connection: Connection) -> None:
+        """The connection is gone: its queued jobs leave the queue without running."""
+        for job in self._jobs.remove_owner(connection):
+            with job.lock:
+                job.cancelled.set()
+                job.state = "done"
+            connection.jobs.pop(job.id, None)
 
     # -- the model worker --------------------------------------------------------------------
 
@@ -332,23 +389,31 @@ class InferenceService:
                 if job.state != "queued":
                     continue
                 job.state = "running"
+            out_of_memory = False
             try:
-                if not job.cancelled.is_set():
-                    self._run(job)
+                if not job.cancelled.is_set() and not job.connection.closed.is_set():
+                    out_of_memory = self._run(job)
             except Exception:
                 log.exception("job %r failed unexpectedly", job.id)
             finally:
                 with job.lock:
                     job.state = "done"
                 job.connection.jobs.pop(job.id, None)
+                job.request = None
+            del job
+            if out_of_memory:
+                # Outside the except block, so the failed request's frames (and tensors)
+                # are no longer referenced by a live traceback.
+                oom.release_cached_memory(self.engine)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job) -> bool:
+        """Run one job and answer it; True when it failed for lack of memory."""
         connection = job.connection
         started = time.perf_counter()
         try:
             if job.kind == "rig":
                 connection.send("rig", job.id, arrays=self._rig())
-                return
+                return False
 
             def progress(fraction: float, text: str = "") -> None:
                 fraction = min(max(float(fraction), 0.0), 1.0)
@@ -360,21 +425,26 @@ class InferenceService:
                                              cancelled=job.cancelled.is_set)
             if job.cancelled.is_set():
                 connection.error(job.id, CANCELLED, "cancelled")
-                return
+                return False
             arrays = _result_arrays(result)
             seconds = time.perf_counter() - started
             connection.send("result", job.id, {"info": {"seconds": round(seconds, 4)}}, arrays)
             log.info("request %r done in %.3f s", job.id, seconds)
+            return False
         except Exception as exc:
             if job.cancelled.is_set():
                 connection.error(job.id, CANCELLED, "cancelled")
-                return
+                return False
             code, text = _describe(exc)
-            if code == INTERNAL:
+            if code == OUT_OF_MEMORY:
+                self.oom_count += 1
+                log.warning("request %r ran out of memory: %s", job.id, exc)
+            elif code == INTERNAL:
                 log.exception("request %r failed", job.id)
             else:
                 log.info("request %r failed: %s: %s", job.id, code, text)
             connection.error(job.id, code, text)
+            return code == OUT_OF_MEMORY
 
     def _rig(self) -> dict[str, np.ndarray]:
         if self._rig_arrays is None:
@@ -383,19 +453,25 @@ class InferenceService:
 
 
 def build_request(request_type: Callable[..., Any], fields: Mapping[str, Any],
-                  arrays: Mapping[str, np.ndarray]) -> Any:
+                  arrays: Mapping[str, np.ndarray], *, max_pixels: int = MAX_PIXELS) -> Any:
     """A reconstruct message's fields and arrays -> the engine's ReconstructRequest.
 
     Encoded images (bytes or a path on the server's disk) are decoded here, in the connection's
-    thread, so the model worker only runs the model."""
+    thread, so the model worker only runs the model. Only Pillow decodes them
+    (server/imageio.py), which checks the pixel count from the file header before decoding
+    anything (decompression bombs); raw pixel arrays get the same ``max_pixels`` limit."""
     exif_focal = fields.get("exif_focal_35mm")
     if "image" in arrays:
+        height, width = arrays["image"].shape[:2]
+        if height * width > max_pixels:
+            raise wire.BadSchema(f"the image has {width}x{height} = {width * height:,} pixels, "
+                                 f"more than the limit of {max_pixels:,}; resize it first")
         image = np.ascontiguousarray(arrays["image"])
     else:
         from server import imageio
 
         source = bytes(arrays["image_bytes"]) if "image_bytes" in arrays else fields["image_path"]
-        image, image_info = imageio.load_image(source)
+        image, image_info = imageio.load_image(source, max_pixels=max_pixels)
         if exif_focal is None:
             exif_focal = image_info.get("exif_focal_35mm")
     height, width = image.shape[:2]
@@ -445,8 +521,8 @@ def _describe(exc: BaseException) -> tuple[str, str]:
         return BAD_INPUT, str(exc)
     if isinstance(code, str) and code:
         return code, str(getattr(exc, "message", exc))
-    if isinstance(exc, MemoryError):
-        return "out_of_memory", "the server ran out of memory"
+    if oom.is_out_of_memory(exc):
+        return OUT_OF_MEMORY, oom.OOM_MESSAGE.format(device=oom.oom_device(exc))
     return INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 

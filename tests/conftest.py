@@ -58,3 +58,21 @@ def standin_small() -> Path:
 @pytest.fixture(scope="session")
 def mhr_samples() -> Path:
     return require(MHR_DATA)
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # bpy 4.5 with torch in the same process can hang inside Blender's own shutdown (seen after
+    # the glTF exporter was imported). Everything is reported by now, so leave at once with
+    # pytest's status instead of running interpreter teardown.
+    if "bpy" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status)

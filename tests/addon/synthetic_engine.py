@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from addon.rig.naming import MHR_JOINT_NAMES, MHR_JOINT_PARENTS
+
 JOINTS = 127
 TURN_DEG = 30.0
 CAM_T = (0.1, -0.2, 4.0)
@@ -53,8 +55,9 @@ def rig_data() -> dict[str, Any]:
     skin_weights = np.zeros((n_v, 8), np.float32)
     skin_weights[:, 0] = 1.0
     return {
-        "joint_names": np.asarray([f"joint_{i:03d}" for i in range(JOINTS)]),
-        "joint_parents": np.arange(-1, JOINTS - 1, dtype=np.int32),
+        # MHR's real names and hierarchy (the builder checks them); the geometry stays a chain.
+        "joint_names": np.asarray(MHR_JOINT_NAMES),
+        "joint_parents": np.asarray(MHR_JOINT_PARENTS, dtype=np.int32),
         "bind_skel_state": bind,
         "faces": faces,
         "texcoords": np.zeros((n_v, 2), np.float32),
