@@ -1,0 +1,84 @@
+"""The resident engine on the fixture checkpoints: exact outputs plus the self-consistent skeleton."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.engine import ReconstructRequest, load_engine, pick_device
+from server.errors import ServerError
+from server.imageio import load_image
+
+FLIP = np.array([1.0, -1.0, -1.0], np.float32)
+
+
+@pytest.fixture(scope="module")
+def engine(parity_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    return load_engine(checkpoint=str(parity_dir / "checkpoints" / "dinov3_tiny"), device="cpu",
+                       cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def astronaut(parity_dir: Path) -> np.ndarray:
+    return load_image(str(parity_dir / "images" / "astronaut.png"))[0]
+
+
+def test_full_mode_equals_official_outputs(engine, astronaut, parity_dir: Path) -> None:
+    ref = np.load(parity_dir / "cases" / "02_dinov3_full_1p_hands_valid" / "outputs.npz")
+    res = engine.reconstruct(ReconstructRequest(image=astronaut, boxes=np.array([[20, 10, 370, 512]], np.float32)))
+    for key in ("pred_vertices", "pred_keypoints_3d", "pred_joint_coords", "mhr_model_params", "pred_cam_t"):
+        np.testing.assert_allclose(res[key], ref[key], atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(res["pred_keypoints_2d"], ref["pred_keypoints_2d"], atol=1e-3)
+    assert str(res["intrinsics_source"]) == "default" and str(res["mode"]) == "full"
+    assert tuple(res["image_size"]) == astronaut.shape[1::-1]
+    # The rig arrays come from one MHR forward of the final parameters: they reproduce the
+    # official mesh (metres, camera axes) exactly, unlike 3DB's stale pred_global_rots.
+    np.testing.assert_allclose(res["mhr_vertices"] / 100 * FLIP, res["pred_vertices"], atol=2e-6)
+    joints = res["mhr_skel_state"][..., :3] / 100 * FLIP
+    np.testing.assert_allclose(joints, res["pred_joint_coords"], atol=2e-6)
+    q = res["mhr_skel_state"][..., 3:7]
+    np.testing.assert_allclose(np.linalg.norm(q, axis=-1), 1.0, atol=1e-5)
+    rig = engine.rig_data()
+    assert len(rig["joint_names"]) == 127 and rig["faces"].shape == res["faces"].shape
+    np.testing.assert_array_equal(rig["faces"], res["faces"])
+
+
+def test_body_mode_and_user_intrinsics(engine, astronaut, parity_dir: Path) -> None:
+    ref = np.load(parity_dir / "cases" / "01_dinov3_body_1p" / "outputs.npz")
+    res = engine.reconstruct(ReconstructRequest(image=astronaut, boxes=np.array([[20, 10, 370, 512]], np.float32), mode="body"))
+    np.testing.assert_allclose(res["pred_vertices"], ref["pred_vertices"], atol=1e-5)
+    h, w = astronaut.shape[:2]
+    res2 = engine.reconstruct(ReconstructRequest(image=astronaut, boxes=np.array([[20, 10, 370, 512]], np.float32),
+                                                 mode="body", intrinsics=(700.0, 700.0, w / 2, h / 2)))
+    assert str(res2["intrinsics_source"]) == "user"
+    assert res2["cam_int"][0, 0] == pytest.approx(700.0)
+    assert not np.allclose(res2["pred_cam_t"], res["pred_cam_t"])
+
+
+def test_bad_requests(engine, astronaut) -> None:
+    with pytest.raises(ServerError) as e:
+        engine.reconstruct(ReconstructRequest(image=astronaut, mode="hands"))
+    assert e.value.code == "bad_input"
+    with pytest.raises(ServerError):
+        engine.reconstruct(ReconstructRequest(image=astronaut[..., 0]))
+    with pytest.raises(ServerError, match="cancelled"):
+        engine.reconstruct(ReconstructRequest(image=astronaut), cancelled=lambda: True)
+
+
+def test_device_choice() -> None:
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ServerError, match="Unknown device"):
+        pick_device("tpu")
+
+
+def test_wrong_variant_config_is_refused(parity_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    d = tmp_path / "mixed"
+    shutil.copytree(parity_dir / "checkpoints" / "dinov3_tiny", d)
+    shutil.copy(parity_dir / "checkpoints" / "vith_tiny" / "model_config.yaml", d / "model_config.yaml")
+    with pytest.raises(ServerError, match="does not match") as e:
+        load_engine(checkpoint=str(d), device="cpu", cache_dir=str(tmp_path / "c"))
+    assert "dinov3 vs vith" in e.value.message
