@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="x,y,label",
                         help="keypoint prompt in image pixels (label: MHR-70 index or -1)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
+    parser.add_argument("--precision", choices=("auto", "official", "fp32", "fast"),
+                        default="auto", help="model precision on the server (default: the "
+                        "server's own)")
+    parser.add_argument("--naming", choices=("mhr", "unreal", "mixamo"), default="mhr",
+                        help="bone-naming preset (default mhr)")
     parser.add_argument("--python", metavar="PATH", default=sys.executable,
                         help="Python that runs the server (default: this one)")
     parser.add_argument("--blend", required=True, metavar="OUT.blend", help="scene to write")
@@ -203,12 +208,17 @@ def build_scene(args: argparse.Namespace, rig: dict[str, Any], result: dict[str,
         raise RunError("the bpy module has no scene after loading factory settings")
     scene.unit_settings.system = "METRIC"
     scene.unit_settings.scale_length = 1.0
-    options = {"correctives": not args.no_correctives, "camera": not args.no_camera}
+    from .session import tag_armatures
+
+    options = {"correctives": not args.no_correctives, "camera": not args.no_camera,
+               "naming": args.naming}
     try:
         created = apply_result(bpy.context, result, rig, image_path=os.path.abspath(args.image),
                                options=options)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise RunError(f"cannot build the scene: {exc}") from exc
+    # What Refine needs, so the saved .blend can be refined in Blender later.
+    tag_armatures(created, result, os.path.abspath(args.image))
     blend = os.path.abspath(args.blend)
     bpy.ops.wm.save_as_mainfile(filepath=blend)
     print(f"wrote {blend}", file=sys.stderr)
@@ -222,6 +232,11 @@ def build_scene(args: argparse.Namespace, rig: dict[str, Any], result: dict[str,
         except (ValueError, OSError, RuntimeError) as exc:
             raise RunError(f"FBX export failed: {exc}") from exc
         print(f"wrote {fbx}", file=sys.stderr)
+
+
+def precision_args(precision: str) -> list[str]:
+    """`--precision` only when chosen, so a server without the flag still starts."""
+    return [] if precision == "auto" else ["--precision", precision]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -247,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.python, checkpoint=args.checkpoint,
         repo=None if args.checkpoint else (args.repo or DEFAULT_REPO),
         mhr=args.mhr, device=args.device, ready_timeout=args.timeout,
-        extra_args=args.server_arg)
+        extra_args=[*precision_args(args.precision), *args.server_arg])
     runner = JobRunner(server)
     try:
         rig, result = run_jobs(runner, request)

@@ -1,45 +1,34 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Operators (Reconstruct, Cancel, Start/Stop server, Export FBX) and the main-thread drain.
+"""Operators: Reconstruct, Cancel, Start/Stop server, Test Connection, Export FBX.
 
-Reconstruct never blocks: it validates the inputs, hands the request to a `JobRunner`
-(addon/client.py; it starts the server on a background thread when needed) and returns. A
-`bpy.app.timers` callback calls `drain_events()` on the main thread, which updates the status
-shown by the panel and, on a result, builds the scene with `apply_result`. Timers do not run
-in background mode, so tests call `drain_events()` themselves.
+Reconstruct never blocks: it validates the inputs, hands the request to the session's
+`JobRunner` (addon/session.py) and returns; invoked from the UI it stays modal, passing every
+event through, so Esc cancels the job. The session's timer applies the result.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
-import queue
 import tempfile
-import traceback
-from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import bpy
+import numpy as np
 from bpy.props import StringProperty
 
 from . import preferences, root_package
-from .client import Job, JobEvent, JobRunner, ServerProcess
 from .properties import scene_settings, status
-from .tls import TlsError, TlsSettings
+from .session import (SESSION, InputError, PendingReconstruct, _tls_settings, drain_events,
+                      ensure_timer, server_config, status_bar, update_server_state)
 
-UNDO_MESSAGE = "SAM 3D Body Reconstruct"
-POLL_BUSY_S = 0.1   # timer interval while a job runs
-POLL_IDLE_S = 1.0   # while the server idles (notices a crash between jobs)
-# Appended to `python -m server serve` (development: e.g. ["--engine", "module:factory"]).
-EXTRA_SERVER_ARGS: list[str] = []
+__all__ = ["SESSION", "InputError", "PendingReconstruct", "_tls_settings", "drain_events",
+           "server_config"]
+BUSY_MESSAGE = "A reconstruction is already running: wait for it, or press Cancel (Esc)"
 
 
 # What Operator.execute returns.
 OperatorResult = set[
     Literal["RUNNING_MODAL", "CANCELLED", "FINISHED", "PASS_THROUGH", "INTERFACE"]
 ]
-
-
-class InputError(Exception):
-    """Something the user can fix in the panel or the preferences; the text says what."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,11 +96,80 @@ def resolve_image_path(context: bpy.types.Context) -> str:
         if not os.path.isfile(path):
             raise InputError(f"Image file not found: {path}")
         return path
+    if settings.image_source == "CAMERA":
+        image = camera_background_image(context)
+        if image is None:
+            raise InputError("No image: the scene camera has no background image (Camera "
+                             "properties > Background Images)")
+        return image_file_for(image)
     image = editor_image(context)
     if image is None:
         raise InputError("No image: open the photo in an Image Editor, or choose Image: File "
                          "in the Input panel")
     return image_file_for(image)
+
+
+def camera_background_image(context: bpy.types.Context) -> bpy.types.Image | None:
+    """The first background image of the scene's active camera, if any."""
+    scene = context.scene
+    camera = scene.camera if scene is not None else None
+    if camera is None or camera.type != "CAMERA":
+        return None
+    for bg in cast(bpy.types.Camera, camera.data).background_images:
+        if bg.source == "IMAGE" and bg.image is not None:
+            return bg.image
+    return None
+
+
+def alpha_mask(path: str) -> np.ndarray:
+    """The photo's alpha channel as an HxW uint8 mask (1 = person), top row first."""
+    image = bpy.data.images.load(path, check_existing=True)
+    width, height = int(image.size[0]), int(image.size[1])
+    if width <= 0 or height <= 0:
+        raise InputError(f"Cannot read the image {path}")
+    if image.channels < 4:
+        raise InputError(f"'Use Alpha as Mask' is on, but {os.path.basename(path)} has no "
+                         "alpha channel")
+    pixels = np.empty(width * height * image.channels, dtype=np.float32)
+    cast(Any, image.pixels).foreach_get(pixels)
+    alpha = pixels.reshape(height, width, image.channels)[::-1, :, 3]
+    mask = (alpha >= 0.5).astype(np.uint8)
+    if not mask.any():
+        raise InputError(f"The alpha channel of {os.path.basename(path)} is empty: nothing to "
+                         "use as a mask")
+    if mask.all():
+        raise InputError(f"The alpha channel of {os.path.basename(path)} is fully opaque: it "
+                         "does not mask anyone out")
+    return mask
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    """The pixel box (x1, y1, x2, y2) around a mask's set pixels."""
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def person_box(context: bpy.types.Context, width: int, height: int) -> list[float] | None:
+    """The box of the one person to reconstruct, or None for everyone detected."""
+    settings = scene_settings(context)
+    if settings.person_mode == "ALL":
+        return None
+    if settings.person_mode == "BOX":
+        x1, y1, x2, y2 = (float(v) for v in settings.person_box)
+        if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+            raise InputError(f"Person box ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}) must have "
+                             f"x1 < x2 <= {width} and y1 < y2 <= {height} (image pixels)")
+        return [x1, y1, x2, y2]
+    from .session import PROP_BBOX
+
+    index = int(settings.person_index)
+    name = settings.last_collection
+    if name and name in bpy.data.collections:
+        for obj in bpy.data.collections[name].all_objects:
+            if obj.type == "ARMATURE" and obj.get("sam3d_person") == index and PROP_BBOX in obj:
+                return [float(v) for v in obj[PROP_BBOX]]
+    raise InputError(f"No person {index} in the last reconstruction: run Reconstruct with "
+                     "'All People' first, then pick the index of the person to keep")
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -139,10 +197,18 @@ def reconstruct_request(context: bpy.types.Context, image_path: str,
             raise InputError(f"Cannot read the image {image_path}: {exc}") from None
     else:
         request["image_path"] = image_path
-    if settings.use_focal_length:
+    if settings.use_focal_length or settings.person_mode != "ALL" or settings.use_alpha_mask:
         width, height = image_size(image_path)
-        focal = float(settings.focal_length_px)
-        request["intrinsics"] = [focal, focal, width / 2.0, height / 2.0]
+        if settings.use_focal_length:
+            focal = float(settings.focal_length_px)
+            request["intrinsics"] = [focal, focal, width / 2.0, height / 2.0]
+        box = person_box(context, width, height)
+        if settings.use_alpha_mask:
+            mask = alpha_mask(image_path)
+            request["masks"] = [mask]
+            box = box if box is not None else mask_box(mask)
+        if box is not None:
+            request["boxes"] = np.asarray([box], dtype=np.float32)
     return request
 
 
@@ -154,316 +220,71 @@ def apply_options(context: bpy.types.Context) -> dict[str, Any]:
         "pose": bool(settings.pose),
         "camera": bool(settings.create_camera),
         "scene_camera": bool(settings.create_camera and settings.scene_camera),
+        "naming": str(settings.naming_preset),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Server configuration
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _tls_settings(prefs: Any, host: str) -> TlsSettings | None:
-    """TLS for a studio server; required off this machine unless explicitly waived."""
-    ca_file = bpy.path.abspath(prefs.remote_ca_file.strip()) if prefs.remote_ca_file else ""
-    pin = prefs.remote_pin.strip()
-    if ca_file and not os.path.isfile(ca_file):
-        raise InputError(f"CA certificate not found: {ca_file}")
-    if not ca_file and not pin:
-        if _is_loopback(host) or prefs.remote_allow_plain:
-            return None
-        raise InputError(f"Set a CA certificate or certificate fingerprint for {host} in the "
-                         "add-on preferences (or allow unencrypted connections)")
-    try:
-        return TlsSettings(ca_file=ca_file or None, pin_sha256=pin or None)
-    except TlsError as exc:
-        raise InputError(f"Studio server TLS: {exc}") from None
-
-
-def server_config(context: bpy.types.Context) -> dict[str, Any]:
-    """The runner settings from the preferences, validated; InputError says what to fix."""
-    try:
-        prefs = preferences.get(context)
-    except KeyError:
-        raise InputError("The SAM 3D Body add-on is not enabled") from None
-    if prefs.server_mode == "REMOTE":
-        host = prefs.remote_host.strip()
-        if not host:
-            raise InputError("Set the studio server's host in the add-on preferences")
-        if not _is_loopback(host) and not bpy.app.online_access:
-            raise InputError(f"Online access is off (Preferences > System): cannot reach the "
-                             f"studio server {host}")
-        if not prefs.remote_token:
-            raise InputError("Set the studio server's token in the add-on preferences")
-        return {"address": (host, int(prefs.remote_port), prefs.remote_token),
-                "tls": _tls_settings(prefs, host)}
-
-    python = bpy.path.abspath(prefs.server_python.strip()) if prefs.server_python.strip() else ""
-    if not python:
-        raise InputError("Set 'Server Python' in the add-on preferences (the Python of the "
-                         "environment with the server installed)")
-    if not os.path.isfile(python):
-        raise InputError(f"Server Python not found: {python}")
-    config: dict[str, Any] = {"python": python, "device": prefs.device}
-    if prefs.checkpoint_source == "FOLDER":
-        folder = bpy.path.abspath(prefs.checkpoint_dir.strip()) if prefs.checkpoint_dir else ""
-        if not folder or not os.path.isdir(folder):
-            raise InputError(f"Checkpoint folder not found: {folder or '(not set)'}; set it in "
-                             "the add-on preferences")
-        config["checkpoint"] = os.path.normpath(folder)
-    else:
-        repo = prefs.checkpoint_repo.strip()
-        if not repo or repo.count("/") != 1:
-            raise InputError(f"Checkpoint repository must look like 'owner/name', got "
-                             f"'{repo}'")
-        config["repo"] = repo
-    if prefs.mhr_path.strip():
-        mhr = os.path.normpath(bpy.path.abspath(prefs.mhr_path.strip()))
-        if not os.path.isfile(mhr):
-            raise InputError(f"MHR model not found: {mhr}")
-        config["mhr"] = mhr
-    # Blender's Online Access switch also governs the server we launch: offline, it may only
-    # use an already downloaded checkpoint.
-    config["env"] = {} if bpy.app.online_access else {"HF_HUB_OFFLINE": "1"}
-    config["ready_timeout"] = float(prefs.start_timeout)
-    return config
-
-
-def make_runner(config: dict[str, Any]) -> JobRunner:
-    if "address" in config:
-        return JobRunner(address=config["address"], tls=config.get("tls"))
-    server = ServerProcess(
-        config["python"], checkpoint=config.get("checkpoint"), repo=config.get("repo"),
-        mhr=config.get("mhr"), device=config["device"], env=config["env"],
-        ready_timeout=config["ready_timeout"], extra_args=list(EXTRA_SERVER_ARGS))
-    return JobRunner(server)
-
-
-# ---------------------------------------------------------------------------------------------
-# Session state (this Blender process; not saved)
-
-
-@dataclass
-class PendingReconstruct:
-    job: Job
-    image_path: str | None  # the photo (camera background); None builds without it
-    options: dict[str, Any]
-    result: dict[str, Any] | None = None
-
-
-@dataclass
-class Session:
-    runner: JobRunner | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    rig: dict[str, Any] | None = None
-    rig_job: Job | None = None
-    pending: PendingReconstruct | None = None
-
-    def busy(self) -> bool:
-        return self.pending is not None or self.rig_job is not None
-
-    def server_alive(self) -> bool:
-        runner = self.runner
-        if runner is None:
-            return False
-        if runner.server is None:
-            return True  # a studio server someone else runs
-        return runner.server.alive()
-
-    def ensure_runner(self, config: dict[str, Any]) -> JobRunner:
-        """The runner for these settings; a changed configuration replaces an idle server."""
-        if self.runner is not None and config != self.config:
-            if self.busy():
-                raise InputError("The server is busy; cancel the running job before changing "
-                                 "server settings")
-            self.stop()
-        if self.runner is None:
-            self.runner = make_runner(config)
-            self.config = dict(config)
-        return self.runner
-
-    def request_rig(self) -> None:
-        if self.rig is None and self.rig_job is None and self.runner is not None:
-            self.rig_job = self.runner.submit_rig()
-
-    def stop(self) -> None:
-        runner, self.runner = self.runner, None
-        if runner is not None:
-            runner.stop(timeout=3.0)
-        self.rig = None
-        self.rig_job = None
-        self.pending = None
-        self.config = {}
-
-
-SESSION = Session()
-
-
-# ---------------------------------------------------------------------------------------------
-# Main-thread drain
-
-
-def _fail(context: bpy.types.Context, message: str, log_tail: str = "") -> None:
-    live = status(context)
-    live.last_error = message
-    live.log_tail = log_tail
-    live.message = ""
-    print(f"SAM 3D Body: {message}" + (f"\n{log_tail}" if log_tail else ""))
-
-
-def _finish_job(context: bpy.types.Context) -> None:
-    live = status(context)
-    live.job_running = False
-    live.progress = 0.0
-    SESSION.pending = None
-
-
-def _event_error(event: JobEvent) -> str:
-    if event.kind == "died":
-        return f"The server stopped: {event.message}"
-    return event.message + (f" [{event.code}]" if event.code else "")
-
-
-def _handle_rig_event(context: bpy.types.Context, event: JobEvent) -> None:
-    live = status(context)
-    if event.kind == "progress":
-        if SESSION.pending is None:
-            live.message = event.message
-        return
-    SESSION.rig_job = None
-    if event.kind == "result" and event.data is not None:
-        SESSION.rig = dict(event.data)
-        if SESSION.pending is None:
-            live.message = "Server ready"
-        return
-    if SESSION.pending is not None:
-        SESSION.pending.job.cancel()
-        _finish_job(context)
-    _fail(context, _event_error(event), event.log_tail)
-
-
-def _handle_job_event(context: bpy.types.Context, event: JobEvent) -> None:
-    live = status(context)
-    pending = SESSION.pending
-    assert pending is not None
-    if event.kind == "progress":
-        live.progress = min(max(event.fraction, 0.0), 1.0)
-        live.message = event.message
-    elif event.kind == "result":
-        pending.result = dict(event.data or {})
-        live.progress = 1.0
-        live.message = "Building the character"
-    elif event.code == "cancelled":
-        _finish_job(context)
-        live.message = "Cancelled"
-    else:
-        _finish_job(context)
-        _fail(context, _event_error(event), event.log_tail)
-
-
-def _apply_pending(context: bpy.types.Context) -> None:
-    from .apply import apply_result  # numpy-heavy; loaded on first use
-
-    pending = SESSION.pending
-    assert pending is not None and pending.result is not None and SESSION.rig is not None
-    live = status(context)
-    _finish_job(context)
-    try:
-        created = apply_result(context, pending.result, SESSION.rig,
-                               image_path=pending.image_path, options=pending.options)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
-        _fail(context, f"Could not build the character: {exc}")
-        return
-    except Exception as exc:  # a bug, not bad data: keep the traceback for the report
-        traceback.print_exc()
-        _fail(context, f"Could not build the character ({type(exc).__name__}): {exc}")
-        return
-    names = [obj.name for obj in created]
-    if created and created[0].users_collection:
-        scene_settings(context).last_collection = created[0].users_collection[0].name
-    live.message = f"Built {len(names)} objects"
-    try:
-        bpy.ops.ed.undo_push(message=UNDO_MESSAGE)
-    except RuntimeError:
-        pass  # no context to push an undo step in; the scene is built all the same
-
-
-def drain_events(context: bpy.types.Context) -> bool:
-    """Handle every event the background jobs queued; build the result when it is complete.
-
-    Runs on the main thread (timer or test). Returns True while a job is still running."""
-    runner = SESSION.runner
-    live = status(context)
-    if runner is not None:
-        while True:
-            try:
-                event = runner.events.get_nowait()
-            except queue.Empty:
-                break
-            if SESSION.rig_job is not None and event.job_id == SESSION.rig_job.id:
-                _handle_rig_event(context, event)
-            elif SESSION.pending is not None and event.job_id == SESSION.pending.job.id:
-                _handle_job_event(context, event)
-            # else: a late event of a job that was already given up on
-    pending = SESSION.pending
-    if pending is not None and pending.result is not None and SESSION.rig is not None:
-        _apply_pending(context)
-    update_server_state(context)
-    live.job_running = SESSION.pending is not None
-    return SESSION.busy()
-
-
-def update_server_state(context: bpy.types.Context) -> None:
-    live = status(context)
-    alive = SESSION.server_alive()
-    if SESSION.busy():
-        live.server_state = "BUSY" if alive and SESSION.rig is not None else "STARTING"
-    elif alive:
-        live.server_state = "READY"
-    else:
-        live.server_state = "ERROR" if live.last_error and SESSION.runner else "STOPPED"
-
-
-def _tag_redraw() -> None:
-    wm = bpy.context.window_manager
-    if wm is None:
-        return
-    for window in wm.windows:
-        for area in window.screen.areas:
-            if area.type == "VIEW_3D":
-                area.tag_redraw()
-
-
-def _drain_timer() -> float | None:
-    try:
-        busy = drain_events(bpy.context)
-    except Exception:  # a timer that raises is dropped silently by Blender: say why
-        traceback.print_exc()
-        return None
-    _tag_redraw()
-    if busy:
-        return POLL_BUSY_S
-    return POLL_IDLE_S if SESSION.server_alive() else None
-
-
-def ensure_timer() -> None:
-    if not bpy.app.timers.is_registered(_drain_timer):
-        bpy.app.timers.register(_drain_timer, first_interval=POLL_BUSY_S, persistent=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Operators
 
 
-class SAM3D_OT_reconstruct(bpy.types.Operator):
-    """Reconstruct the people in the photo as rigged MHR characters"""
+def submit_job(context: bpy.types.Context, request: dict[str, Any], image_path: str | None,
+               options: dict[str, Any], kind: str = "reconstruct", target: str = "") -> None:
+    """Send one reconstruct request (Reconstruct or Refine); InputError says what is wrong."""
+    if SESSION.pending is not None:
+        raise InputError(BUSY_MESSAGE)
+    config = server_config(context)
+    if "address" in config and "image_path" in request:
+        path = request.pop("image_path")
+        try:
+            with open(path, "rb") as f:
+                request["image_bytes"] = f.read()
+        except OSError as exc:
+            raise InputError(f"Cannot read the image {path}: {exc}") from None
+    if SESSION.runner is None and not preferences.get(context).auto_start:
+        raise InputError("The server is not running: press Start in the Server panel "
+                         "(or enable Start Server Automatically)")
+    runner = SESSION.ensure_runner(config)
+    live = status(context)
+    live.last_error = ""
+    live.log_tail = ""
+    SESSION.request_rig()
+    SESSION.pending = PendingReconstruct(runner.submit_reconstruct(**request), image_path,
+                                         options, kind=kind, target=target)
+    live.job_running = True
+    live.progress = 0.0
+    live.message = "Submitted"
+    status_bar(context, "SAM 3D Body: submitted (Esc or Cancel stops it)")
+    update_server_state(context)
+    ensure_timer()
+
+
+class JobOperator:
+    """Invoked from the UI, the operator stays modal until its job ends so Esc cancels it;
+    every other event passes through (the UI stays usable)."""
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> OperatorResult:
+        result = self.execute(context)  # type: ignore[attr-defined]
+        if "FINISHED" in result and SESSION.pending is not None and context.window_manager:
+            context.window_manager.modal_handler_add(cast(bpy.types.Operator, self))
+            return {"RUNNING_MODAL"}
+        return result
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> OperatorResult:
+        if SESSION.pending is None:
+            error = status(context).last_error
+            if error:  # the job failed after execute returned: say so where the user looks
+                cast(bpy.types.Operator, self).report({"ERROR"}, error)
+            return {"FINISHED"}
+        if event.type == "ESC" and event.value == "PRESS":
+            SESSION.pending.job.cancel()
+            status(context).message = "Cancelling"
+            return {"FINISHED"}
+        return {"PASS_THROUGH"}
+
+
+class SAM3D_OT_reconstruct(JobOperator, bpy.types.Operator):
+    """Reconstruct the people in the photo as rigged MHR characters (Esc cancels)"""
 
     bl_idname = "sam3d_body.reconstruct"
     bl_label = "Reconstruct"
@@ -471,34 +292,17 @@ class SAM3D_OT_reconstruct(bpy.types.Operator):
     # exactly one undo step for it.
     bl_options = {"REGISTER"}
 
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return SESSION.pending is None
-
     def execute(self, context: bpy.types.Context) -> OperatorResult:
         try:
+            if SESSION.pending is not None:
+                raise InputError(BUSY_MESSAGE)
             image_path = resolve_image_path(context)
             config = server_config(context)
             request = reconstruct_request(context, image_path, send_bytes="address" in config)
-            options = apply_options(context)
-            if SESSION.runner is None and not preferences.get(context).auto_start:
-                raise InputError("The server is not running: press Start in the Server panel "
-                                 "(or enable Start Server Automatically)")
-            runner = SESSION.ensure_runner(config)
+            submit_job(context, request, image_path, apply_options(context))
         except InputError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        live = status(context)
-        live.last_error = ""
-        live.log_tail = ""
-        SESSION.request_rig()
-        SESSION.pending = PendingReconstruct(runner.submit_reconstruct(**request), image_path,
-                                             options)
-        live.job_running = True
-        live.progress = 0.0
-        live.message = "Submitted"
-        update_server_state(context)
-        ensure_timer()
         return {"FINISHED"}
 
 
@@ -618,7 +422,47 @@ class SAM3D_OT_export_fbx(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class SAM3D_OT_test_connection(bpy.types.Operator):
+    """Connect to the server and show its version, device, GPU and model"""
+
+    bl_idname = "sam3d_body.test_connection"
+    bl_label = "Test Connection"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: bpy.types.Context) -> OperatorResult:
+        from .session import start_connection_check
+
+        try:
+            config = server_config(context)
+        except InputError as exc:
+            status(context).connection_info = str(exc)
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        start_connection_check(context, config)
+        return {"FINISHED"}
+
+
+class SAM3D_OT_copy_log(bpy.types.Operator):
+    """Copy the last error and the server's log tail to the clipboard"""
+
+    bl_idname = "sam3d_body.copy_log"
+    bl_label = "Copy Log"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: bpy.types.Context) -> OperatorResult:
+        live = status(context)
+        text = "\n".join(part for part in (live.last_error, live.log_tail) if part)
+        if not text or context.window_manager is None:
+            self.report({"WARNING"}, "No error or server log to copy")
+            return {"CANCELLED"}
+        context.window_manager.clipboard = text
+        self.report({"INFO"}, "Copied the error and the server log")
+        return {"FINISHED"}
+
+
 CLASSES = (
+    SAM3D_OT_copy_log,
+    SAM3D_OT_test_connection,
     SAM3D_OT_reconstruct,
     SAM3D_OT_cancel,
     SAM3D_OT_server_start,
@@ -627,14 +471,26 @@ CLASSES = (
 )
 
 
+def _submodules() -> list[Any]:
+    # Registered from here because addon/__init__.py lists the four historic modules.
+    from . import installer_ui, refine
+
+    return [installer_ui, refine]
+
+
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    for module in _submodules():
+        module.register()
 
 
 def unregister() -> None:
-    if bpy.app.timers.is_registered(_drain_timer):
-        bpy.app.timers.unregister(_drain_timer)
+    from .session import stop_timer
+
+    for module in reversed(_submodules()):
+        module.unregister()
+    stop_timer()
     SESSION.stop()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

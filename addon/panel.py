@@ -5,11 +5,11 @@ Draw code only reads: it never writes properties or data and never calls operato
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import bpy
 
-from .operators import editor_image
+from .operators import camera_background_image, editor_image
 from .properties import scene_settings, status
 
 CATEGORY = "SAM 3D Body"
@@ -21,6 +21,12 @@ _STATE_ICONS: dict[str, Any] = {
     "BUSY": "SORTTIME",
     "ERROR": "ERROR",
 }
+
+
+def sub_panel(layout: bpy.types.UILayout, idname: str) -> tuple[Any, Any]:
+    """A collapsible section, closed by default: (header, body); body is None when closed.
+    (The 4.2 API stubs do not know that UILayout.panel returns the pair.)"""
+    return cast(Any, layout).panel(idname, default_closed=True)
 
 
 class _SidebarPanel(bpy.types.Panel):
@@ -91,12 +97,17 @@ class SAM3D_PT_server(_SidebarPanel):
             layout.operator("sam3d_body.cancel", text="Cancel", icon="CANCEL")
         elif live.message:
             layout.label(text=live.message)
+        row = layout.row()
+        row.operator("sam3d_body.test_connection", icon="LINKED")
+        if live.connection_info:
+            layout.label(text=live.connection_info, icon="INFO")
         if live.last_error:
             box = layout.box()
             col = box.column(align=True)
             col.label(text=live.last_error, icon="ERROR")
             for line in live.log_tail.splitlines()[-6:]:
                 col.label(text=line)
+            box.operator("sam3d_body.copy_log", icon="COPYDOWN")
 
 
 class SAM3D_PT_input(_SettingsPanel):
@@ -106,16 +117,24 @@ class SAM3D_PT_input(_SettingsPanel):
     def draw_settings(
         self, context: bpy.types.Context, layout: bpy.types.UILayout, settings: Any
     ) -> None:
-        layout.prop(settings, "image_source", expand=True)
+        layout.prop(settings, "image_source")
         if settings.image_source == "FILE":
             layout.prop(settings, "image_path")
         else:
-            image = editor_image(context)
+            camera = settings.image_source == "CAMERA"
+            image = camera_background_image(context) if camera else editor_image(context)
+            missing = "No camera background image" if camera else "No image in an Image Editor"
             layout.label(
-                text=image.name if image is not None else "No image in an Image Editor",
+                text=image.name if image is not None else missing,
                 icon="IMAGE_DATA" if image is not None else "ERROR",
             )
         layout.prop(settings, "mode")
+        layout.prop(settings, "person_mode")
+        if settings.person_mode == "INDEX":
+            layout.prop(settings, "person_index")
+        elif settings.person_mode == "BOX":
+            layout.prop(settings, "person_box")
+        layout.prop(settings, "use_alpha_mask")
 
 
 class SAM3D_PT_character(_SettingsPanel):
@@ -129,6 +148,35 @@ class SAM3D_PT_character(_SettingsPanel):
         sub = layout.column()
         sub.active = settings.pose
         sub.prop(settings, "corrective_shape_key")
+        header, body = sub_panel(layout, "sam3d_body_character_advanced")
+        header.label(text="Advanced")
+        if body is not None:
+            body.prop(settings, "naming_preset")
+
+
+class SAM3D_PT_refine(_SettingsPanel):
+    bl_idname = "SAM3D_PT_refine"
+    bl_label = "Refine with Keypoints"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw_settings(
+        self, context: bpy.types.Context, layout: bpy.types.UILayout, settings: Any
+    ) -> None:
+        col = layout.column(align=True)
+        col.label(text="Select the character, add markers, look through", icon="INFO")
+        col.label(text="its camera and drag markers onto the joints.")
+        row = layout.row(align=True)
+        row.operator("sam3d_body.add_markers", icon="EMPTY_AXIS")
+        row.operator("sam3d_body.remove_markers", text="", icon="X")
+        layout.prop(settings, "refine_all_markers")
+        header, body = sub_panel(layout, "sam3d_body_refine_advanced")
+        header.label(text="Advanced")
+        if body is not None:
+            body.prop(settings, "marker_distance")
+        row = layout.row()
+        row.scale_y = 1.3
+        row.enabled = not status(context).job_running
+        row.operator("sam3d_body.refine", icon="CON_KINEMATIC")
 
 
 class SAM3D_PT_camera(_SettingsPanel):
@@ -168,6 +216,7 @@ CLASSES = (
     SAM3D_PT_input,
     SAM3D_PT_character,
     SAM3D_PT_camera,
+    SAM3D_PT_refine,
     SAM3D_PT_export,
 )
 

@@ -5,6 +5,8 @@ These belong to the computer, not to a .blend, so they are add-on preferences.
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
@@ -25,6 +27,19 @@ DEVICES = [
 SERVER_MODES = [
     ("LOCAL", "Local", "Start the server on this computer with the Python below"),
     ("REMOTE", "Studio Server", "Use a server someone already runs (host, port and token)"),
+]
+
+PYTHON_SOURCES = [
+    ("MANAGED", "Managed", "An environment the add-on installs and repairs for you"),
+    ("CUSTOM", "Custom Python", "The Python of an environment you set up yourself"),
+]
+
+PRECISIONS = [
+    ("auto", "Automatic", "The server's default (Fast)"),
+    ("official", "Official", "The released model's semantics: backbone weights in float16"),
+    ("fp32", "FP32", "Everything in float32"),
+    ("fast", "Fast", "float16 autocast for the backbone and decoder on CUDA; float32 "
+     "elsewhere"),
 ]
 
 DEFAULT_REPO = "facebook/sam-3d-body-dinov3"
@@ -62,6 +77,24 @@ class SAM3D_AP_preferences(bpy.types.AddonPreferences):
         default=False,
         description="Talk to a studio server on another machine without TLS: the token and "
         "the photos cross the network readable by anyone on the way",
+    )
+    python_source: EnumProperty(name="Backend", items=PYTHON_SOURCES, default="CUSTOM")
+    install_base_python: StringProperty(
+        name="Base Python",
+        subtype="FILE_PATH",
+        description="Python 3.10-3.12 to create the managed environment from (empty: "
+        "Blender's own Python when it suits)",
+    )
+    install_wheels: StringProperty(
+        name="Wheel Folder",
+        subtype="DIR_PATH",
+        description="Install offline from this folder of wheels instead of the internet",
+    )
+    precision: EnumProperty(
+        name="Precision",
+        items=PRECISIONS,
+        default="auto",
+        description="Numeric precision of the model on the server",
     )
     server_python: StringProperty(
         name="Server Python",
@@ -115,6 +148,9 @@ class SAM3D_AP_preferences(bpy.types.AddonPreferences):
             row.label(text=f"Server: {status.server_state.title()}")
             row.operator("sam3d_body.server_start", text="Start")
             row.operator("sam3d_body.server_stop", text="Stop")
+            row.operator("sam3d_body.test_connection", text="Test Connection")
+            if status.connection_info:
+                layout.label(text=status.connection_info, icon="INFO")
 
         layout.prop(self, "server_mode", expand=True)
         if self.server_mode == "REMOTE":
@@ -125,17 +161,27 @@ class SAM3D_AP_preferences(bpy.types.AddonPreferences):
             layout.prop(self, "remote_pin")
             layout.prop(self, "remote_allow_plain")
             return
-        layout.prop(self, "server_python")
-        if not self.server_python:
-            box = layout.box()
-            col = box.column(align=True)
-            col.label(text="The server runs in its own Python environment:", icon="INFO")
-            col.label(text="create one with Python 3.11, install torch and the server's "
-                      "requirements,")
-            col.label(text="then pick its python executable above.")
+        layout.prop(self, "python_source", expand=True)
+        if self.python_source == "MANAGED":
+            from .installer_ui import draw_installer
+
+            draw_installer(layout, context, self, status)
+        else:
+            layout.prop(self, "server_python")
+            if not self.server_python:
+                box = layout.box()
+                col = box.column(align=True)
+                col.label(text="The server runs in its own Python environment:", icon="INFO")
+                col.label(text="create one with Python 3.11, install torch and the server's "
+                          "requirements,")
+                col.label(text="then pick its python executable above.")
         layout.prop(self, "checkpoint_source")
         if self.checkpoint_source == "REPO":
-            layout.prop(self, "checkpoint_repo")
+            row = layout.row(align=True)
+            row.prop(self, "checkpoint_repo")
+            row.operator("sam3d_body.check_hf_access", text="", icon="CHECKMARK")
+            if status is not None and status.hf_access:
+                layout.label(text=status.hf_access, icon="INFO")
             if not bpy.app.online_access:
                 layout.label(
                     text="Online access is off: only an already downloaded copy is used",
@@ -143,10 +189,16 @@ class SAM3D_AP_preferences(bpy.types.AddonPreferences):
                 )
         else:
             layout.prop(self, "checkpoint_dir")
-        layout.prop(self, "mhr_path")
         layout.prop(self, "device")
-        layout.prop(self, "auto_start")
-        layout.prop(self, "start_timeout")
+        layout.prop(self, "precision")
+        # (The 4.2 API stubs do not know that UILayout.panel returns (header, body).)
+        header, body = cast(Any, layout).panel("sam3d_body_prefs_advanced",
+                                               default_closed=True)
+        header.label(text="Advanced")
+        if body is not None:
+            body.prop(self, "mhr_path")
+            body.prop(self, "auto_start")
+            body.prop(self, "start_timeout")
 
 
 def get(context: bpy.types.Context) -> SAM3D_AP_preferences:

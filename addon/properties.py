@@ -13,6 +13,8 @@ from bpy.props import (
     BoolProperty,
     EnumProperty,
     FloatProperty,
+    FloatVectorProperty,
+    IntProperty,
     PointerProperty,
     StringProperty,
 )
@@ -28,6 +30,19 @@ BLEND_RELATIVE: Any = (
 IMAGE_SOURCES = [
     ("EDITOR", "Image Editor", "The image shown in an Image Editor of this window"),
     ("FILE", "File", "An image file on disk"),
+    ("CAMERA", "Camera Background", "The background image of the scene's active camera"),
+]
+
+PERSON_MODES = [
+    ("ALL", "All People", "Every person the detector finds"),
+    ("INDEX", "Person Index", "The box of person N of the last reconstruction of this photo"),
+    ("BOX", "Box", "One person inside a box given in image pixels"),
+]
+
+NAMING_PRESETS = [
+    ("mhr", "MHR", "MHR's own joint names, every joint a bone"),
+    ("unreal", "Unreal", "Unreal Engine mannequin names (helpers merged)"),
+    ("mixamo", "Mixamo", "Mixamo names (helpers merged)"),
 ]
 
 MODES = [
@@ -77,7 +92,38 @@ class SAM3D_PG_scene(bpy.types.PropertyGroup):
         description="How much of the model to run",
     )
 
+    person_mode: EnumProperty(
+        name="People",
+        items=PERSON_MODES,
+        default="ALL",
+        description="Reconstruct everyone detected, or one person",
+    )
+    person_index: IntProperty(
+        name="Person",
+        default=0,
+        min=0,
+        description="Index of the person in the last reconstruction (its armature's number)",
+    )
+    person_box: FloatVectorProperty(
+        name="Box",
+        size=4,
+        default=(0.0, 0.0, 0.0, 0.0),
+        min=0.0,
+        description="x1, y1, x2, y2 in image pixels (origin at the top-left corner)",
+    )
+    use_alpha_mask: BoolProperty(
+        name="Alpha as Mask",
+        default=False,
+        description="Use the photo's alpha channel as the person's mask (one person)",
+    )
+
     # Character
+    naming_preset: EnumProperty(
+        name="Bone Names",
+        items=NAMING_PRESETS,
+        default="mhr",
+        description="Bone-naming preset of the armature",
+    )
     pose: BoolProperty(
         name="Pose",
         default=True,
@@ -129,6 +175,20 @@ class SAM3D_PG_scene(bpy.types.PropertyGroup):
         default="//sam3d_body.fbx",
         description="Where Export FBX writes",
     )
+    # Refine
+    refine_all_markers: BoolProperty(
+        name="Send All Markers",
+        default=False,
+        description="Send every marker as a prompt, not only the ones you moved",
+    )
+    marker_distance: FloatProperty(
+        name="Marker Distance",
+        default=1.0,
+        min=0.01,
+        soft_max=10.0,
+        unit="LENGTH",
+        description="How far in front of the camera the keypoint markers sit",
+    )
     last_collection: StringProperty(
         name="Last Result",
         description="Collection built by the last Reconstruct (exported when no armature "
@@ -151,6 +211,14 @@ class SAM3D_PG_status(bpy.types.PropertyGroup):
     job_running: BoolProperty(name="Job Running", default=False)
     last_error: StringProperty(name="Last Error")
     log_tail: StringProperty(name="Server Log")
+    connection_info: StringProperty(name="Connection")
+    hf_access: StringProperty(name="Hugging Face Access")
+    install_state: StringProperty(name="Installer", default="idle")
+    install_progress: FloatProperty(
+        name="Install Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR"
+    )
+    install_message: StringProperty(name="Install Step")
+    install_log_tail: StringProperty(name="Install Log")
 
 
 def scene_settings(context: bpy.types.Context) -> SAM3D_PG_scene:

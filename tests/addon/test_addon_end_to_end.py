@@ -28,7 +28,7 @@ WAIT_S = 60.0
 def context(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     for ctx in enabled_addon():
         ops = sys.modules[f"{PACKAGE}.operators"]
-        monkeypatch.setattr(ops, "EXTRA_SERVER_ARGS", ENGINE)
+        monkeypatch.setattr(sys.modules[f"{PACKAGE}.session"], "EXTRA_SERVER_ARGS", ENGINE)
         prefs = ctx.preferences.addons[PACKAGE].preferences
         prefs.server_python = sys.executable
         prefs.checkpoint_source = "FOLDER"
@@ -54,7 +54,9 @@ def test_reconstruct_operator_with_a_server_process(context, tmp_path: Path) -> 
 
     assert bpy.ops.sam3d_body.reconstruct() == {"FINISHED"}
     assert live.job_running  # returned before the server even started
-    assert not bpy.ops.sam3d_body.reconstruct.poll()  # one job at a time
+    with pytest.raises(RuntimeError, match="already running"):  # one job at a time
+        bpy.ops.sam3d_body.reconstruct()
+    assert live.job_running
     wait_until_idle(context)
     assert live.last_error == "", live.last_error + live.log_tail
     assert not live.job_running and live.server_state == "READY"
@@ -88,7 +90,8 @@ def test_start_server_operator_loads_the_rig(context) -> None:
 
 def test_a_server_that_cannot_start_reports_its_log(context, tmp_path: Path) -> None:
     ops = sys.modules[f"{PACKAGE}.operators"]
-    ops.EXTRA_SERVER_ARGS = ["--engine", "no_such_module:make_engine"]
+    sys.modules[f"{PACKAGE}.session"].EXTRA_SERVER_ARGS = ["--engine",
+                                                           "no_such_module:make_engine"]
     settings = context.scene.sam3d_body
     settings.image_source = "FILE"
     settings.image_path = str(write_photo(tmp_path / "photo.png"))

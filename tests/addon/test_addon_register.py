@@ -113,7 +113,8 @@ def test_installed_extension_runs_its_shipped_server(extension_zip: Path, tmp_pa
     try:
         context = bpy.context
         ops = sys.modules[KEY + ".addon.operators"]
-        monkeypatch.setattr(ops, "EXTRA_SERVER_ARGS", list(ENGINE))
+        monkeypatch.setattr(sys.modules[KEY + ".addon.session"], "EXTRA_SERVER_ARGS",
+                            list(ENGINE))
         prefs = context.preferences.addons[KEY].preferences
         prefs.server_python = sys.executable
         prefs.checkpoint_source = "FOLDER"
@@ -221,6 +222,11 @@ class _RecordingLayout:
             self.calls.append((name, args, kwargs))
             return _RecordingLayout(self.calls)
         return call
+
+    def panel(self, *args, **kwargs):
+        # UILayout.panel returns (header, body); record the body as open.
+        self.calls.append(("panel", args, kwargs))
+        return _RecordingLayout(self.calls), _RecordingLayout(self.calls)
 
 
 def _draw_panel(cls: type, context) -> list:
