@@ -7,13 +7,14 @@ context overrides).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import bpy
 import numpy as np
 from mathutils import Matrix
 
 from .rig.camera import CameraParams
+from .rig.naming import BONE_COLLECTIONS
 
 MATERIAL_NAME = "SAM3D Body Skin"
 CORRECTIVE_KEY = "pose_correctives"
@@ -28,14 +29,15 @@ def new_collection(context: bpy.types.Context, name: str) -> bpy.types.Collectio
 
 def ensure_object_mode(context: bpy.types.Context) -> None:
     """Leave any edit/pose mode first: switching another object into Edit Mode needs it."""
-    if context.mode != "OBJECT" and context.view_layer.objects.active is not None:
-        active = context.view_layer.objects.active
+    active = context.view_layer.objects.active
+    if str(context.mode) != "OBJECT" and active is not None:
         with context.temp_override(active_object=active, object=active):
             bpy.ops.object.mode_set(mode="OBJECT")
 
 
 def neutral_material() -> bpy.types.Material:
-    mat = bpy.data.materials.get(MATERIAL_NAME)
+    # The stubs type bpy_prop_collection.get as never returning None; it does for a missing key.
+    mat = cast("bpy.types.Material | None", bpy.data.materials.get(MATERIAL_NAME))
     if mat is not None:
         return mat
     mat = bpy.data.materials.new(MATERIAL_NAME)
@@ -45,10 +47,11 @@ def neutral_material() -> bpy.types.Material:
         mat.use_nodes = True  # always on (and deprecated) in 5.0
     tree = mat.node_tree
     if tree is not None:
-        bsdf = next((n for n in tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+        bsdf = next((n for n in tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled"), None)
         if bsdf is not None:
-            bsdf.inputs["Base Color"].default_value = color
-            bsdf.inputs["Roughness"].default_value = 0.6
+            # Node.inputs is typed as plain NodeSocket; these two are colour and float sockets.
+            cast(bpy.types.NodeSocketColor, bsdf.inputs["Base Color"]).default_value = color
+            cast(bpy.types.NodeSocketFloat, bsdf.inputs["Roughness"]).default_value = 0.6
     return mat
 
 
@@ -96,7 +99,11 @@ def build_armature_data(context: bpy.types.Context, collection: bpy.types.Collec
     collection.objects.link(obj)
     colls = {}
     if collections is not None and hasattr(arm, "collections"):
-        for cname in dict.fromkeys(collections):  # first-seen order
+        # naming's fixed order (Body, Hands, Face, Helpers) first, then any others as seen
+        used = dict.fromkeys(collections)
+        ordered = [c for c in BONE_COLLECTIONS if c in used] + [c for c in used
+                                                                if c not in BONE_COLLECTIONS]
+        for cname in ordered:
             colls[cname] = arm.collections.new(cname)
             colls[cname].is_visible = cname not in HIDDEN_BONE_COLLECTIONS
     context.view_layer.objects.active = obj
@@ -116,7 +123,7 @@ def build_armature_data(context: bpy.types.Context, collection: bpy.types.Collec
                 eb.use_inherit_rotation = True
                 eb.use_local_location = True
                 eb.use_deform = bool(deforming[j])
-                if colls:
+                if colls and collections is not None:
                     colls[collections[j]].assign(eb)
                 ebs.append(eb)
             for j, p in enumerate(parents):
@@ -182,7 +189,8 @@ def add_vertex_groups(obj: bpy.types.Object, bone_names: Sequence[str],
 def skin_to_armature(mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object) -> None:
     mesh_obj.parent = arm_obj
     mesh_obj.matrix_parent_inverse = Matrix.Identity(4)
-    mod = mesh_obj.modifiers.new(name="Armature", type="ARMATURE")
+    mod = cast(bpy.types.ArmatureModifier,
+               mesh_obj.modifiers.new(name="Armature", type="ARMATURE"))
     mod.object = arm_obj
     mod.use_vertex_groups = True
     mod.use_bone_envelopes = False
@@ -209,7 +217,8 @@ def new_object(collection: bpy.types.Collection, name: str, data: bpy.types.ID,
     return obj
 
 
-def set_mesh_positions(mesh: bpy.types.Mesh, vertices: np.ndarray) -> None:
+def set_mesh_positions(mesh_obj: bpy.types.Object, vertices: np.ndarray) -> None:
+    mesh = cast(bpy.types.Mesh, mesh_obj.data)
     mesh.vertices.foreach_set("co", np.ascontiguousarray(vertices, dtype=np.float32).ravel())
     mesh.update()
 

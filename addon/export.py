@@ -8,7 +8,7 @@ keeps Blender's bone axes (Y primary, X secondary) and disables key simplificati
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 FBX_PRESETS: dict[str, dict[str, Any]] = {
     "blender": {"apply_scale_options": "FBX_SCALE_NONE"},
@@ -108,6 +108,28 @@ class _Selection:
         view_layer.objects.active = self.active
 
 
+class _StaticClip:
+    """A static pose (no action on any exported object) goes out as a two-frame clip.
+
+    The FBX exporter bakes the scene's frame range (250 identical keys in a default scene);
+    two keys keep the pose as a clip that Unity's importer does not drop, at a fraction of the
+    size. Animated characters keep the scene's range. The range is restored afterwards.
+    """
+
+    def __init__(self, scene: Any, objects: list[Any]):
+        self.scene = scene
+        self.static = not any(getattr(o.animation_data, "action", None) for o in objects)
+
+    def __enter__(self) -> None:
+        self.range = (self.scene.frame_start, self.scene.frame_end)
+        if self.static:
+            frame = self.scene.frame_current
+            self.scene.frame_start, self.scene.frame_end = frame, frame + 1
+
+    def __exit__(self, *exc: Any) -> None:
+        self.scene.frame_start, self.scene.frame_end = self.range
+
+
 def export_fbx(path: str | os.PathLike, objects: Iterable[Any], preset: str = "blender",
                context: Any = None) -> str:
     """Write the characters (armatures and their meshes) to an FBX file; returns the path."""
@@ -119,9 +141,10 @@ def export_fbx(path: str | os.PathLike, objects: Iterable[Any], preset: str = "b
     if not objs:
         raise ValueError("nothing to export: pass the character's armature and/or mesh objects")
     out = _check_path(path, ".fbx")
-    with _Selection(ctx, objs), ctx.temp_override(active_object=objs[0], object=objs[0],
-                                                  selected_objects=objs):
-        result = bpy.ops.export_scene.fbx(filepath=out, **settings)
+    with _Selection(ctx, objs), _StaticClip(ctx.scene, objs), ctx.temp_override(
+            active_object=objs[0], object=objs[0], selected_objects=objs):
+        # The stubs declare operators as returning None; they return a set of status names.
+        result = cast("set[str]", bpy.ops.export_scene.fbx(filepath=out, **settings))
     if "FINISHED" not in result:
         raise RuntimeError(f"FBX export failed: {result}")
     return out
@@ -141,7 +164,8 @@ def export_glb(path: str | os.PathLike, objects: Iterable[Any], context: Any = N
                               "export_apply": False, "export_yup": True}
     with _Selection(ctx, objs), ctx.temp_override(active_object=objs[0], object=objs[0],
                                                   selected_objects=objs):
-        result = bpy.ops.export_scene.gltf(**kwargs)
+        # The stubs declare operators as returning None; they return a set of status names.
+        result = cast("set[str]", bpy.ops.export_scene.gltf(**kwargs))
     if "FINISHED" not in result:
         raise RuntimeError(f"glTF export failed: {result}")
     return out

@@ -121,7 +121,7 @@ class RigData:
         return int(self.template_vertices.shape[0])
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "RigData":
+    def from_mapping(cls, data: "RigData | Mapping[str, Any]") -> "RigData":
         if isinstance(data, RigData):
             return data
         missing = [k for k in RIG_ARRAYS if k not in data]
@@ -242,7 +242,7 @@ class Result:
         return self.arrays.get("faces")
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "Result":
+    def from_mapping(cls, data: "Result | Mapping[str, Any]") -> "Result":
         if isinstance(data, Result):
             return data
         if not isinstance(data, Mapping):

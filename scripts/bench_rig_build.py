@@ -56,7 +56,8 @@ def make_inputs(model_path: Path, samples: Path, n_persons: int) -> tuple[dict, 
     return rig, result
 
 
-def bench(rig: dict, result: dict, correctives: bool, repeat: int) -> list[float]:
+def bench(rig: dict, result: dict, correctives: bool, repeat: int,
+          proportions: str = "baked") -> list[float]:
     import bpy
 
     from addon.apply import apply_result
@@ -65,7 +66,8 @@ def bench(rig: dict, result: dict, correctives: bool, repeat: int) -> list[float
     for _ in range(repeat):
         bpy.ops.wm.read_factory_settings(use_empty=True)
         t0 = time.perf_counter()
-        apply_result(bpy.context, result, rig, options={"correctives": correctives})
+        apply_result(bpy.context, result, rig,
+                     options={"correctives": correctives, "proportions": proportions})
         times.append(time.perf_counter() - t0)
     return times
 
@@ -83,11 +85,13 @@ def main() -> None:
 
     print(f"bpy {bpy.app.version_string}, numpy {np.__version__}, "
           f"{len(inputs[1][0]['template_vertices'])} vertices, {args.repeat} runs each (median)")
-    for n, (rig, result) in inputs.items():
-        for correctives in (False, True):
-            t = bench(rig, result, correctives, args.repeat)
-            print(f"persons={n:2d} correctives={'on ' if correctives else 'off'} "
-                  f"build {statistics.median(t):.3f} s (min {min(t):.3f}, max {max(t):.3f})")
+    for proportions in ("baked", "exact"):
+        for n, (rig, result) in inputs.items():
+            for correctives in (False, True):
+                t = bench(rig, result, correctives, args.repeat, proportions)
+                print(f"proportions={proportions} persons={n:2d} "
+                      f"correctives={'on ' if correctives else 'off'} "
+                      f"build {statistics.median(t):.3f} s (min {min(t):.3f}, max {max(t):.3f})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Solving those for OpenCV intrinsics ``(fx, fy, cx, cy)`` gives the values below.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -20,7 +21,7 @@ SENSOR_SIZE_MM = 36.0
 @dataclass(frozen=True)
 class CameraParams:
     lens_mm: float
-    sensor_fit: str          # 'HORIZONTAL' | 'VERTICAL'
+    sensor_fit: Literal['HORIZONTAL', 'VERTICAL']
     sensor_width_mm: float
     sensor_height_mm: float
     shift_x: float
@@ -71,6 +72,7 @@ def camera_params(cam_int: np.ndarray, image_size: np.ndarray, cam_t0: np.ndarra
     else:
         asp_x, asp_y = 1.0 / ycor, 1.0
     horizontal = asp_x * w >= asp_y * h  # what Blender's AUTO fit would pick
+    fit: Literal["HORIZONTAL", "VERTICAL"]
     if horizontal:
         lens = fx * sensor_mm / w
         viewfac = float(w)
@@ -82,12 +84,13 @@ def camera_params(cam_int: np.ndarray, image_size: np.ndarray, cam_t0: np.ndarra
     shift_x = (w / 2.0 - cx) / viewfac
     shift_y = ycor * (cy - h / 2.0) / viewfac
     depth = float(np.linalg.norm(t0))
+    loc = camera_location_blender(t0)
     end = clip_end if clip_end is not None else max(100.0, 4.0 * depth)
     return CameraParams(
         lens_mm=float(lens), sensor_fit=fit, sensor_width_mm=float(sensor_mm),
         sensor_height_mm=float(sensor_mm), shift_x=float(shift_x), shift_y=float(shift_y),
         resolution_x=w, resolution_y=h, pixel_aspect_x=float(asp_x), pixel_aspect_y=float(asp_y),
-        location=tuple(float(x) for x in camera_location_blender(t0)),
+        location=(float(loc[0]), float(loc[1]), float(loc[2])),
         rotation_euler=CAMERA_EULER_XYZ, clip_start=float(clip_start), clip_end=float(end))
 
 

@@ -105,7 +105,7 @@ def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _is_helper(name: str | None) -> bool:
     # Twist helpers are siblings spread along the limb: never the bone's "main child".
-    return bool(name) and name.endswith("_proc")
+    return name is not None and name.endswith("_proc")
 
 
 def bone_directions(positions_cm: np.ndarray, parents: np.ndarray,

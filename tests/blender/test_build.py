@@ -20,7 +20,8 @@ def _objects(objs, kind):
 
 
 def test_lbs_rig_matches_numpy_lbs(scene, lod1_result, lod1_rig):
-    objs = apply_result(bpy.context, lod1_result, lod1_rig, options={"correctives": False})
+    objs = apply_result(bpy.context, lod1_result, lod1_rig,
+                        options={"correctives": False, "proportions": "exact"})
     arms, meshes = _objects(objs, "ARMATURE"), _objects(objs, "MESH")
     assert len(arms) == len(meshes) == 2 and len(_objects(objs, "CAMERA")) == 1
     for i, (arm, mesh) in enumerate(zip(arms, meshes)):
@@ -36,7 +37,7 @@ def test_lbs_rig_matches_numpy_lbs(scene, lod1_result, lod1_rig):
 
 
 def test_armature_bones_and_hierarchy(scene, lod1_result, lod1_rig):
-    objs = apply_result(bpy.context, lod1_result, lod1_rig)
+    objs = apply_result(bpy.context, lod1_result, lod1_rig, options={"proportions": "exact"})
     names = lod1_rig["joint_names"]
     parents = lod1_rig["joint_parents"]
     rest = skeleton.rest_bones(lod1_rig["bind_skel_state"], parents, names)
@@ -69,8 +70,9 @@ def test_vertex_groups_hold_the_skin_weights(scene, lod1_result, lod1_rig):
         assert mesh.data.polygons[0].use_smooth and mesh.data.materials[0] is not None
 
 
-def test_corrective_key_reproduces_mhr_vertices(scene, lod1_result, lod1_rig):
-    objs = apply_result(bpy.context, lod1_result, lod1_rig)
+@pytest.mark.parametrize("proportions", ["baked", "exact"])
+def test_corrective_key_reproduces_mhr_vertices(scene, lod1_result, lod1_rig, proportions):
+    objs = apply_result(bpy.context, lod1_result, lod1_rig, options={"proportions": proportions})
     for i, (arm, mesh) in enumerate(zip(_objects(objs, "ARMATURE"), _objects(objs, "MESH"))):
         assert mesh.data.shape_keys.key_blocks[CORRECTIVE_KEY].value == 1.0
         world = evaluated_world_vertices(mesh) - np.array(arm.matrix_world)[:3, 3]
@@ -157,7 +159,8 @@ def test_naming_presets(scene, lod1_result, lod1_rig, preset):
 
     plan = naming.bone_plan(lod1_rig["joint_names"], lod1_rig["joint_parents"], preset)
     objs = apply_result(bpy.context, lod1_result, lod1_rig,
-                        options={"naming": preset, "correctives": False})
+                        options={"naming": preset, "correctives": False,
+                                 "proportions": "exact"})
     arm, mesh = objs[0], objs[1]
     assert sorted(b.name for b in arm.data.bones) == sorted(plan.names)
     assert [g.name for g in mesh.vertex_groups] == list(plan.names)
