@@ -12,17 +12,17 @@ from typing import Sequence
 
 import numpy as np
 
-# Index = MHR-70 keypoint label used by the server's keypoint prompts. Hand keypoints follow
-# the official naming: "<finger>4" is the tip, "3"/"2" the first/second joint from the tip,
-# "_third_joint" the knuckle.
-_FINGERS = ("thumb", "forefinger", "middle_finger", "ring_finger", "pinky_finger")
+# Index = MHR-70 keypoint label used by the server's keypoint prompts, named as the official
+# `mhr_names` list (sam_3d_body/metadata/mhr70.py): per finger the tip, then the first, second
+# and third joint counted from the tip (the third is the knuckle).
+_FINGERS = ("thumb", "index", "middle", "ring", "pinky")
 
 
 def _hand(side: str) -> list[str]:
     names = []
     for finger in _FINGERS:
-        names += [f"{side}_{finger}4", f"{side}_{finger}3", f"{side}_{finger}2",
-                  f"{side}_{finger}_third_joint"]
+        names += [f"{side}_{finger}_tip", f"{side}_{finger}_first_joint",
+                  f"{side}_{finger}_second_joint", f"{side}_{finger}_third_joint"]
     return names + [f"{side}_wrist"]
 
 
@@ -30,8 +30,8 @@ MHR70_NAMES: tuple[str, ...] = tuple(
     ["nose", "left_eye", "right_eye", "left_ear", "right_ear",
      "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
      "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-     "left_big_toe", "left_small_toe", "left_heel",
-     "right_big_toe", "right_small_toe", "right_heel"]
+     "left_big_toe_tip", "left_small_toe_tip", "left_heel",
+     "right_big_toe_tip", "right_small_toe_tip", "right_heel"]
     + _hand("right") + _hand("left")
     + ["left_olecranon", "right_olecranon", "left_cubital_fossa", "right_cubital_fossa",
        "left_acromion", "right_acromion", "neck"]
