@@ -24,6 +24,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "camera": True,              # build the photo camera
     "scene_camera": True,        # make it the scene camera and set the render size
     "pose": True,                # pose the bones (False leaves the bind pose)
+    "mesh": True,                # build the skinned mesh (False: the rig only, e.g. retargeting)
     "collection_name": None,     # default: the photo's file name, else "SAM3D Body"
     "naming": naming.DEFAULT_PRESET,  # bone names: "mhr" | "unreal" | "mixamo" (merges helpers)
     "min_bone_length_cm": MIN_BONE_LENGTH_CM,
@@ -91,7 +92,8 @@ def apply_result(context: Any, result: Result | Mapping[str, Any], rig: RigData 
                  options: Mapping[str, Any] | None = None) -> list[Any]:
     """Build one collection with a rig + mesh per person and the photo camera.
 
-    Returns the created objects: armature and mesh of each person in order, then the camera.
+    Returns the created objects: armature and mesh of each person in order (no mesh with the
+    option ``mesh`` off), then the camera.
     """
     from . import builder  # bpy is imported lazily so this module loads without Blender
 
@@ -152,13 +154,14 @@ def apply_result(context: Any, result: Result | Mapping[str, Any], rig: RigData 
             # Same bind skeleton: copy (C-level) instead of rebuilding in Edit Mode.
             arm_obj = builder.new_object(collection, tag, template_arm.copy())
             arm_obj.show_in_front = True
-        if template_mesh is None:
+        mesh_obj = None  # the rig only (option "mesh" off)
+        if opts["mesh"] and template_mesh is None:
             me = builder.build_mesh(f"{tag}_mesh", rest_v, rig_data.faces, rig_data.texcoords,
                                     rig_data.texcoord_faces, material)
             mesh_obj = builder.new_object(collection, f"{tag}_mesh", me)
             builder.add_vertex_groups(mesh_obj, bone_names, skin_indices, skin_weights)
             template_mesh = me
-        else:
+        elif opts["mesh"] and template_mesh is not None:
             # Same topology: the copied mesh carries the vertex-group names and weights.
             me = template_mesh.copy()
             me.name = f"{tag}_mesh"
@@ -173,14 +176,15 @@ def apply_result(context: Any, result: Result | Mapping[str, Any], rig: RigData 
                                                   dtype=np.float64).reshape(-1).tolist()
         armatures.append((arm_obj, ref_state, person_rest))
         meshes.append((mesh_obj, rest_v, rest_cm))
-        created += [arm_obj, mesh_obj]
+        created += [arm_obj] if mesh_obj is None else [arm_obj, mesh_obj]
 
     context.view_layer.update()  # copied armatures get their pose only after an update
     for person, (arm_obj, ref_state, person_rest), (mesh_obj, rest_v, rest_cm) in zip(res.persons, armatures,
                                                                         meshes):
-        if person.index > 0:
-            builder.set_mesh_positions(mesh_obj, rest_v)
-        builder.skin_to_armature(mesh_obj, arm_obj)
+        if mesh_obj is not None:
+            if person.index > 0:
+                builder.set_mesh_positions(mesh_obj, rest_v)
+            builder.skin_to_armature(mesh_obj, arm_obj)
         if opts["pose"]:
             # Re-express the rest on the bone matrices Blender stored (float32 head/tail/roll).
             stored = builder.bone_rest_matrices(arm_obj, bone_names)
@@ -189,7 +193,7 @@ def apply_result(context: Any, result: Result | Mapping[str, Any], rig: RigData 
             builder.set_pose(arm_obj, bone_names, basis.location, basis.quaternion_wxyz,
                              basis.scale)
             target = person.get("mhr_vertices")
-            if opts["correctives"] and target is not None:
+            if mesh_obj is not None and opts["correctives"] and target is not None:
                 # Relative to the rig's own (possibly merged) skin and rest, so the key restores
                 # MHR's surface exactly for this pose whatever the preset and proportions form.
                 transforms = skinning_transforms(skel, ref_state)

@@ -3,12 +3,17 @@
 
 Runs the inference server as a subprocess exactly as the add-on does (addon/client.py), then
 builds the scene with the PyPI `bpy` module through `apply_result` (1 Blender unit = 1 m),
-saves the .blend and optionally exports FBX.
+saves the .blend and optionally exports FBX / glTF.
 
     python -m addon.cli photo.jpg [--checkpoint DIR | --repo HF_ID] [--mhr PATH]
         [--mode body|full] [--box x1,y1,x2,y2]... [--mask MASK.png]...
         [--intrinsics fx,fy,cx,cy] [--prompt x,y,label]... [--device auto|cuda|cpu|mps]
-        --blend OUT.blend [--fbx OUT.fbx]
+        --blend OUT.blend [--fbx OUT.fbx [--preset blender|unity|unreal]] [--glb OUT.glb]
+        [--naming mhr|unreal|mixamo] [--proportions baked|exact] [--no-correctives]
+        [--no-camera] [--no-mesh]
+
+    python -m addon.cli --from-result RESULT.npz [--mhr MHR.pt | --rig RIG.npz] --blend ...
+        builds a saved result without the model (addon/cli_from_result.py; same scene options)
 
 Exit codes: 0 done, 1 the reconstruction or the scene build failed, 2 bad arguments.
 Errors are one line on stderr (the server's log tail follows when the server failed).
@@ -25,8 +30,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import cli_from_result
+from .cli_from_result import (add_scene_options, apply_options, check_outputs,
+                              leave_if_gltf_would_hang, new_scene, save_outputs)
 from .client import JobEvent, JobRunner, ServerProcess
-from .export import FBX_PRESETS
 
 DEFAULT_REPO = "facebook/sam-3d-body-dinov3"
 
@@ -81,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m addon.cli",
         description="Reconstruct the people in a photo with SAM 3D Body and save them as "
-        "rigged MHR characters in a .blend (and FBX).")
+        "rigged MHR characters in a .blend (and FBX / glTF).",
+        epilog="A saved result instead of a photo: python -m addon.cli --from-result "
+        "RESULT.npz [--mhr MHR.pt | --rig RIG.npz] --blend OUT.blend ... (see "
+        "python -m addon.cli --from-result X -h).")
     parser.add_argument("image", metavar="IMAGE", help="photo (JPEG, PNG, ...)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="DIR",
@@ -103,17 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("auto", "official", "fp32", "fast"),
                         default="auto", help="model precision on the server (default: the "
                         "server's own)")
-    parser.add_argument("--naming", choices=("mhr", "unreal", "mixamo"), default="mhr",
-                        help="bone-naming preset (default mhr)")
     parser.add_argument("--python", metavar="PATH", default=sys.executable,
                         help="Python that runs the server (default: this one)")
-    parser.add_argument("--blend", required=True, metavar="OUT.blend", help="scene to write")
-    parser.add_argument("--fbx", metavar="OUT.fbx", help="also export the characters as FBX")
-    parser.add_argument("--preset", choices=sorted(FBX_PRESETS), default="blender",
-                        help="FBX preset (default blender)")
-    parser.add_argument("--no-correctives", action="store_true",
-                        help="no pose-corrective shape key (plain linear blend skinning)")
-    parser.add_argument("--no-camera", action="store_true", help="do not build the photo camera")
+    add_scene_options(parser)
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
                         help="seconds to wait for the server to load (default 600)")
     # Extra `python -m server serve` arguments (development: alternative engines).
@@ -135,14 +137,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.mask and len(args.mask) != len(args.box):
         raise UsageError(f"give one --mask per --box ({len(args.mask)} masks, "
                          f"{len(args.box)} boxes)")
-    if not args.blend.lower().endswith(".blend"):
-        raise UsageError(f"--blend must end in .blend, got {args.blend}")
-    if args.fbx and not args.fbx.lower().endswith(".fbx"):
-        raise UsageError(f"--fbx must end in .fbx, got {args.fbx}")
-    for flag, path in (("--blend", args.blend), ("--fbx", args.fbx)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else ""
-        if path and not os.path.isdir(folder):
-            raise UsageError(f"the folder of {flag} does not exist: {folder}")
+    problem = check_outputs(args)
+    if problem:
+        raise UsageError(problem)
     if not os.path.isfile(args.python):
         raise UsageError(f"--python not found: {args.python}")
     if args.timeout <= 0:
@@ -198,40 +195,22 @@ def run_jobs(runner: JobRunner, request: dict[str, Any], timeout: float | None =
 
 
 def build_scene(args: argparse.Namespace, rig: dict[str, Any], result: dict[str, Any]) -> None:
-    import bpy
-
     from .apply import apply_result
-
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-    if scene is None:
-        raise RunError("the bpy module has no scene after loading factory settings")
-    scene.unit_settings.system = "METRIC"
-    scene.unit_settings.scale_length = 1.0
     from .session import tag_armatures
 
-    options = {"correctives": not args.no_correctives, "camera": not args.no_camera,
-               "naming": args.naming}
     try:
-        created = apply_result(bpy.context, result, rig, image_path=os.path.abspath(args.image),
-                               options=options)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+        context = new_scene()
+        image = os.path.abspath(args.image)
+        created = apply_result(context, result, rig, image_path=image,
+                               options=apply_options(args))
+        # What Refine needs, so the saved .blend can be refined in Blender later.
+        tag_armatures(created, result, image)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         raise RunError(f"cannot build the scene: {exc}") from exc
-    # What Refine needs, so the saved .blend can be refined in Blender later.
-    tag_armatures(created, result, os.path.abspath(args.image))
-    blend = os.path.abspath(args.blend)
-    bpy.ops.wm.save_as_mainfile(filepath=blend)
-    print(f"wrote {blend}", file=sys.stderr)
-    if args.fbx:
-        from .export import export_fbx
-
-        fbx = os.path.abspath(args.fbx)
-        characters = [obj for obj in created if obj.type in {"ARMATURE", "MESH"}]
-        try:
-            export_fbx(fbx, characters, args.preset, context=bpy.context)
-        except (ValueError, OSError, RuntimeError) as exc:
-            raise RunError(f"FBX export failed: {exc}") from exc
-        print(f"wrote {fbx}", file=sys.stderr)
+    try:
+        save_outputs(context, args, created)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise RunError(f"saving failed: {exc}") from exc
 
 
 def precision_args(precision: str) -> list[str]:
@@ -239,7 +218,22 @@ def precision_args(precision: str) -> list[str]:
     return [] if precision == "auto" else ["--precision", precision]
 
 
+def from_result_argv(argv: Sequence[str]) -> list[str] | None:
+    """The saved-result command line when ``--from-result`` is given, else None."""
+    pre = argparse.ArgumentParser(prog="python -m addon.cli", add_help=False,
+                                  allow_abbrev=False)
+    pre.add_argument("--from-result", metavar="RESULT.npz")
+    known, rest = pre.parse_known_args(argv)
+    if known.from_result is None:
+        return None
+    return [known.from_result, *rest]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    saved = from_result_argv(argv)
+    if saved is not None:
+        return cli_from_result.main(saved)
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with code 2 on bad syntax
     try:
@@ -277,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         runner.stop()
+    leave_if_gltf_would_hang(args)
     return 0
 
 

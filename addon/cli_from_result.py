@@ -1,12 +1,20 @@
 """Headless import of a saved result (no model run): RESULT.npz -> .blend [+ FBX / glTF].
 
-    python -m addon.cli_from_result RESULT.npz --blend OUT.blend [--mhr MHR.pt | --rig RIG.npz]
-        [--image PHOTO] [--fbx OUT.fbx --preset blender|unity|unreal] [--glb OUT.glb]
+    python -m addon.cli --from-result RESULT.npz --blend OUT.blend
+        [--mhr MHR.pt | --rig RIG.npz] [--image PHOTO]
+        [--fbx OUT.fbx] [--preset blender|unity|unreal] [--glb OUT.glb]
         [--naming mhr|unreal|mixamo] [--proportions baked|exact] [--no-correctives]
-        [--no-camera]
+        [--no-camera] [--no-mesh]
 
-The rig comes from the result's embedded ``rig_`` arrays, else from ``--rig`` (a rig .npz) or
-``--mhr`` (MHR's TorchScript file; needs torch, as in the server's environment).
+(``python -m addon.cli_from_result RESULT.npz ...`` is the same.) The rig comes from the
+result's embedded ``rig_`` arrays, else from ``--rig`` (a rig .npz) or ``--mhr`` (MHR's
+TorchScript file; needs torch, as in the server's environment).
+
+The scene options (outputs, presets, what to build) are shared with the photo CLI
+(addon/cli.py): :func:`add_scene_options`, :func:`check_outputs`, :func:`apply_options`,
+:func:`new_scene` and :func:`save_outputs` serve both.
+
+Exit codes: 0 done, 1 the build or an export failed, 2 bad arguments.
 """
 from __future__ import annotations
 
@@ -18,27 +26,106 @@ from typing import Any, Sequence
 from .export import FBX_PRESETS
 from .rig.naming import PRESETS as NAMING_PRESETS
 
+PROG = "python -m addon.cli --from-result"
 
-def build_parser() -> argparse.ArgumentParser:
+
+# --- shared with addon/cli.py ------------------------------------------------------------------
+
+
+def add_scene_options(parser: argparse.ArgumentParser) -> None:
+    """The outputs and the build options (apply_result's) of both command lines."""
+    parser.add_argument("--blend", required=True, metavar="OUT.blend", help="scene to write")
+    parser.add_argument("--fbx", metavar="OUT.fbx", help="also export the characters as FBX")
+    parser.add_argument("--preset", choices=sorted(FBX_PRESETS), default="blender",
+                        help="FBX target application (scale settings; default blender)")
+    parser.add_argument("--glb", metavar="OUT.glb", help="also export the characters as glTF")
+    parser.add_argument("--naming", choices=NAMING_PRESETS, default="mhr",
+                        help="bone-naming preset (default mhr)")
+    parser.add_argument("--proportions", choices=("baked", "exact"), default="baked",
+                        help="rest pose = the person's A-pose with their proportions (baked, "
+                        "default) or MHR's template skeleton with the proportions as pose "
+                        "scale, which Clear Pose drops (exact); see docs/RIG.md")
+    parser.add_argument("--no-correctives", action="store_true",
+                        help="no pose-corrective shape key (plain linear blend skinning)")
+    parser.add_argument("--no-camera", action="store_true", help="do not build the photo camera")
+    parser.add_argument("--no-mesh", action="store_true",
+                        help="build the armatures (and camera) only, no meshes")
+
+
+def check_outputs(args: argparse.Namespace) -> str | None:
+    """What is wrong with the output paths (suffix, existing folder), or None."""
+    for flag, path, suffix in (("--blend", args.blend, ".blend"), ("--fbx", args.fbx, ".fbx"),
+                               ("--glb", args.glb, ".glb")):
+        if not path:
+            continue
+        if not path.lower().endswith(suffix):
+            return f"{flag} must end in {suffix}, got {path}"
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            return f"the folder of {flag} does not exist: {folder}"
+    return None
+
+
+def apply_options(args: argparse.Namespace) -> dict[str, Any]:
+    """apply_result options from the parsed scene options."""
+    return {"correctives": not args.no_correctives, "camera": not args.no_camera,
+            "naming": args.naming, "proportions": args.proportions, "mesh": not args.no_mesh}
+
+
+def new_scene() -> Any:
+    """An empty factory scene in metres (1 Blender unit = 1 m); returns bpy.context."""
+    import bpy
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    if scene is None:
+        raise RuntimeError("the bpy module has no scene after loading factory settings")
+    scene.unit_settings.system = "METRIC"
+    scene.unit_settings.scale_length = 1.0
+    return bpy.context
+
+
+def save_outputs(context: Any, args: argparse.Namespace, created: Sequence[Any]) -> None:
+    """Save the .blend, then the FBX / glTF exports asked for; each written path goes to stderr.
+    Raises ValueError / RuntimeError / OSError with a clear message."""
+    import bpy
+
+    from .export import export_fbx, export_glb
+
+    blend = os.path.abspath(args.blend)
+    bpy.ops.wm.save_as_mainfile(filepath=blend)
+    print(f"wrote {blend}", file=sys.stderr)
+    characters = [obj for obj in created if obj.type in {"ARMATURE", "MESH"}]
+    if args.fbx:
+        path = export_fbx(os.path.abspath(args.fbx), characters, args.preset, context=context)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.glb:
+        path = export_glb(os.path.abspath(args.glb), characters, context=context)
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def leave_if_gltf_would_hang(args: argparse.Namespace) -> None:
+    """bpy 4.5 + torch in one process hang at interpreter exit once Blender's glTF exporter was
+    imported; the files are written and closed by now, so leave without the exit handlers."""
+    if args.glb and "torch" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+# --- this command -----------------------------------------------------------------------------
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m addon.cli_from_result",
+        prog=prog,
         description="Build the Blender scene of a saved SAM 3D Body result without the model.")
     parser.add_argument("result", metavar="RESULT.npz", help="from `python -m server reconstruct`")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--mhr", metavar="MHR.pt", help="rig from MHR's mhr_model.pt (needs torch)")
     source.add_argument("--rig", metavar="RIG.npz", help="rig from a saved rig .npz")
     parser.add_argument("--image", metavar="PHOTO", help="the photo, as the camera background")
-    parser.add_argument("--blend", required=True, metavar="OUT.blend", help="scene to write")
-    parser.add_argument("--fbx", metavar="OUT.fbx", help="also export the characters as FBX")
-    parser.add_argument("--preset", choices=sorted(FBX_PRESETS), default="blender",
-                        help="FBX target (axes/scale settings)")
-    parser.add_argument("--glb", metavar="OUT.glb", help="also export the characters as glTF")
-    parser.add_argument("--naming", choices=NAMING_PRESETS, default="mhr", help="bone names")
-    parser.add_argument("--proportions", choices=("baked", "exact"), default="baked",
-                        help="rest = the person's A-pose (baked) or MHR's template (exact)")
-    parser.add_argument("--no-correctives", action="store_true",
-                        help="no pose-correctives shape key")
-    parser.add_argument("--no-camera", action="store_true", help="do not build the photo camera")
+    add_scene_options(parser)
     return parser
 
 
@@ -47,44 +134,22 @@ def _check_files(args: argparse.Namespace) -> str | None:
                        ("--image", args.image)):
         if path and not os.path.isfile(path):
             return f"{flag} file not found: {path}"
-    for flag, path in (("--blend", args.blend), ("--fbx", args.fbx), ("--glb", args.glb)):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            return f"{flag}: folder does not exist: {os.path.dirname(os.path.abspath(path))}"
-    return None
+    return check_outputs(args)
 
 
 def run(args: argparse.Namespace) -> None:
     """Build, save and export; raises ValueError/RuntimeError/OSError with a clear message."""
-    import bpy
-
-    from .export import export_fbx, export_glb
     from .import_result import import_result
 
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-    if scene is None:
-        raise RuntimeError("the bpy module has no scene after loading factory settings")
-    scene.unit_settings.system = "METRIC"
-    scene.unit_settings.scale_length = 1.0
-    options: dict[str, Any] = {"correctives": not args.no_correctives,
-                               "camera": not args.no_camera, "naming": args.naming,
-                               "proportions": args.proportions}
-    created = import_result(bpy.context, args.result, rig=args.mhr or args.rig,
+    context = new_scene()
+    created = import_result(context, args.result, rig=args.mhr or args.rig,
                             image_path=os.path.abspath(args.image) if args.image else None,
-                            options=options)
-    blend = os.path.abspath(args.blend)
-    bpy.ops.wm.save_as_mainfile(filepath=blend)
-    print(f"wrote {blend}", file=sys.stderr)
-    characters = [obj for obj in created if obj.type in {"ARMATURE", "MESH"}]
-    if args.fbx:
-        print(f"wrote {export_fbx(os.path.abspath(args.fbx), characters, args.preset)}",
-              file=sys.stderr)
-    if args.glb:
-        print(f"wrote {export_glb(os.path.abspath(args.glb), characters)}", file=sys.stderr)
+                            options=apply_options(args))
+    save_outputs(context, args, created)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     problem = _check_files(args)
     if problem:
@@ -95,14 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.glb and "torch" in sys.modules:
-        # bpy 4.5 + torch in one process hang at interpreter exit once Blender's glTF exporter
-        # was imported; the files are written and closed, so leave without the exit handlers.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    leave_if_gltf_would_hang(args)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m addon.cli_from_result"))

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Operators: Reconstruct, Cancel, Start/Stop server, Test Connection, Export FBX.
+"""Operators: Reconstruct, Cancel, Start/Stop server, Test Connection, Export FBX / glTF,
+Import Result (a saved .npz, also in File > Import).
 
 Reconstruct never blocks: it validates the inputs, hands the request to the session's
 `JobRunner` (addon/session.py) and returns; invoked from the UI it stays modal, passing every
@@ -221,6 +222,8 @@ def apply_options(context: bpy.types.Context) -> dict[str, Any]:
         "camera": bool(settings.create_camera),
         "scene_camera": bool(settings.create_camera and settings.scene_camera),
         "naming": str(settings.naming_preset),
+        "proportions": str(settings.proportions),
+        "mesh": bool(settings.build_mesh),
     }
 
 
@@ -382,44 +385,147 @@ def export_objects(context: bpy.types.Context) -> list[bpy.types.Object]:
     return objects
 
 
-class SAM3D_OT_export_fbx(bpy.types.Operator):
+def export_path(raw: str, suffix: str, what: str) -> str:
+    """An export setting as an absolute path ending in `suffix`; InputError says what is wrong."""
+    if not raw.strip():
+        raise InputError(f"No {what} file: set one in the Export panel")
+    if raw.startswith("//") and not bpy.data.filepath:
+        raise InputError(f"Save the .blend first, or use an absolute {what} path")
+    path = os.path.normpath(bpy.path.abspath(raw))
+    if not path.lower().endswith(suffix):
+        path += suffix
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        raise InputError(f"Folder does not exist: {folder}")
+    return path
+
+
+class _ExportOperator:
+    """Export the character (selected armatures, else the last reconstruction) to a file."""
+
+    suffix = ""
+    what = ""
+    setting = ""  # the scene setting with the default path
+
+    filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE"})
+
+    def write(self, context: bpy.types.Context, path: str, objects: list[Any]) -> None:
+        raise NotImplementedError
+
+    def execute(self, context: bpy.types.Context) -> OperatorResult:
+        op = cast(bpy.types.Operator, self)
+        try:
+            path = export_path(self.filepath or getattr(scene_settings(context), self.setting),
+                               self.suffix, self.what)
+        except InputError as exc:
+            op.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        objects = export_objects(context)
+        if not objects:
+            op.report({"ERROR"}, "Nothing to export: select an armature or run Reconstruct")
+            return {"CANCELLED"}
+        try:
+            self.write(context, path, objects)
+        except (ValueError, OSError, RuntimeError) as exc:
+            op.report({"ERROR"}, f"{self.what} export failed: {exc}")
+            return {"CANCELLED"}
+        op.report({"INFO"}, f"Exported {path}")
+        return {"FINISHED"}
+
+
+class SAM3D_OT_export_fbx(_ExportOperator, bpy.types.Operator):
     """Export the character (selected armatures, else the last reconstruction) as FBX"""
 
     bl_idname = "sam3d_body.export_fbx"
     bl_label = "Export FBX"
     bl_options = {"REGISTER"}
+    suffix, what, setting = ".fbx", "FBX", "export_path"
 
-    filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE"})
-
-    def execute(self, context: bpy.types.Context) -> OperatorResult:
+    def write(self, context: bpy.types.Context, path: str, objects: list[Any]) -> None:
         from .export import export_fbx
 
-        settings = scene_settings(context)
-        raw = self.filepath or settings.export_path
-        if not raw.strip():
-            self.report({"ERROR"}, "No FBX file: set one in the Export panel")
-            return {"CANCELLED"}
-        if raw.startswith("//") and not bpy.data.filepath:
-            self.report({"ERROR"}, "Save the .blend first, or use an absolute FBX path")
-            return {"CANCELLED"}
-        path = os.path.normpath(bpy.path.abspath(raw))
-        if not path.lower().endswith(".fbx"):
-            path += ".fbx"
-        objects = export_objects(context)
-        if not objects:
-            self.report({"ERROR"}, "Nothing to export: select an armature or run Reconstruct")
-            return {"CANCELLED"}
-        folder = os.path.dirname(path)
-        if folder and not os.path.isdir(folder):
-            self.report({"ERROR"}, f"Folder does not exist: {folder}")
-            return {"CANCELLED"}
+        export_fbx(path, objects, scene_settings(context).export_preset, context=context)
+
+
+class SAM3D_OT_export_glb(_ExportOperator, bpy.types.Operator):
+    """Export the character (selected armatures, else the last reconstruction) as binary glTF"""
+
+    bl_idname = "sam3d_body.export_glb"
+    bl_label = "Export glTF"
+    bl_options = {"REGISTER"}
+    suffix, what, setting = ".glb", "glTF", "glb_path"
+
+    def write(self, context: bpy.types.Context, path: str, objects: list[Any]) -> None:
+        from .export import export_glb
+
+        export_glb(path, objects, context=context)
+
+
+class SAM3D_OT_import_result(bpy.types.Operator):
+    """Build the characters of a saved SAM 3D Body result (.npz) without running the model"""
+
+    bl_idname = "sam3d_body.import_result"
+    bl_label = "Import Result"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE"})
+    filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
+    image_path: StringProperty(
+        name="Photo",
+        subtype="FILE_PATH",
+        description="Optional: the photo, as the camera's background and for Refine",
+    )
+    rig_path: StringProperty(
+        name="Rig File",
+        subtype="FILE_PATH",
+        description="Optional: a rig .npz, for a result file without embedded rig_ arrays",
+    )
+
+    def inputs(self) -> tuple[str, str | None, str | None]:
+        """(result, photo or None, rig or None) as absolute paths; InputError when wrong."""
+        path, image, rig = (os.path.normpath(bpy.path.abspath(raw.strip())) if raw.strip()
+                            else None for raw in (self.filepath, self.image_path, self.rig_path))
+        if path is None:
+            raise InputError("Choose a result file (.npz)")
+        if not path.lower().endswith(".npz"):
+            raise InputError(f"A result file ends in .npz: {os.path.basename(path)}")
+        if rig is not None and not rig.lower().endswith(".npz"):
+            raise InputError(f"The rig file must be a rig .npz (MHR's .pt needs torch, which "
+                             f"Blender does not have): {os.path.basename(rig)}")
+        for what, file in (("Result file", path), ("Photo", image), ("Rig file", rig)):
+            if file is not None and not os.path.isfile(file):
+                raise InputError(f"{what} not found: {file}")
+        return path, image, rig
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> OperatorResult:
+        if context.window_manager is None:
+            return self.execute(context)
+        context.window_manager.fileselect_add(self)  # the file browser calls execute
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context: bpy.types.Context) -> OperatorResult:
+        from .import_result import import_result
+
         try:
-            export_fbx(path, objects, settings.export_preset, context=context)
-        except (ValueError, OSError, RuntimeError) as exc:
-            self.report({"ERROR"}, f"FBX export failed: {exc}")
+            path, image, rig = self.inputs()
+            created = import_result(context, path, rig=rig, image_path=image,
+                                    options=apply_options(context))
+        except InputError as exc:
+            self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Exported {path}")
+        except (ValueError, KeyError, OSError, RuntimeError) as exc:
+            self.report({"ERROR"}, f"Could not import {os.path.basename(self.filepath)}: {exc}")
+            return {"CANCELLED"}
+        people = sum(1 for obj in created if obj.type == "ARMATURE")
+        if created and created[0].users_collection:
+            scene_settings(context).last_collection = created[0].users_collection[0].name
+        self.report({"INFO"}, f"Imported {people} {'person' if people == 1 else 'people'} from "
+                    f"{os.path.basename(path)}")
         return {"FINISHED"}
+
+
+def menu_import(self: Any, context: bpy.types.Context) -> None:
+    self.layout.operator(SAM3D_OT_import_result.bl_idname, text="SAM 3D Body result (.npz)")
 
 
 class SAM3D_OT_test_connection(bpy.types.Operator):
@@ -468,6 +574,8 @@ CLASSES = (
     SAM3D_OT_server_start,
     SAM3D_OT_server_stop,
     SAM3D_OT_export_fbx,
+    SAM3D_OT_export_glb,
+    SAM3D_OT_import_result,
 )
 
 
@@ -481,6 +589,7 @@ def _submodules() -> list[Any]:
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    bpy.types.TOPBAR_MT_file_import.append(menu_import)
     for module in _submodules():
         module.register()
 
@@ -492,5 +601,6 @@ def unregister() -> None:
         module.unregister()
     stop_timer()
     SESSION.stop()
+    bpy.types.TOPBAR_MT_file_import.remove(menu_import)
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

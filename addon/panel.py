@@ -135,6 +135,8 @@ class SAM3D_PT_input(_SettingsPanel):
         elif settings.person_mode == "BOX":
             layout.prop(settings, "person_box")
         layout.prop(settings, "use_alpha_mask")
+        layout.separator()
+        layout.operator("sam3d_body.import_result", icon="IMPORT")
 
 
 class SAM3D_PT_character(_SettingsPanel):
@@ -144,9 +146,11 @@ class SAM3D_PT_character(_SettingsPanel):
     def draw_settings(
         self, context: bpy.types.Context, layout: bpy.types.UILayout, settings: Any
     ) -> None:
+        layout.prop(settings, "proportions")
+        layout.prop(settings, "build_mesh")
         layout.prop(settings, "pose")
         sub = layout.column()
-        sub.active = settings.pose
+        sub.active = settings.pose and settings.build_mesh
         sub.prop(settings, "corrective_shape_key")
         header, body = sub_panel(layout, "sam3d_body_character_advanced")
         header.label(text="Advanced")
@@ -208,6 +212,9 @@ class SAM3D_PT_export(_SettingsPanel):
         layout.prop(settings, "export_preset")
         layout.prop(settings, "export_path")
         layout.operator("sam3d_body.export_fbx", icon="EXPORT")
+        layout.separator()
+        layout.prop(settings, "glb_path")
+        layout.operator("sam3d_body.export_glb", icon="EXPORT")
 
 
 CLASSES = (

@@ -45,6 +45,15 @@ NAMING_PRESETS = [
     ("mixamo", "Mixamo", "Mixamo names (helpers merged)"),
 ]
 
+PROPORTIONS = [
+    ("baked", "Baked", "Rest pose = the person's A-pose with their proportions: Clear Pose "
+     "(Alt+G/R/S) gives that A-pose and every pose tool keeps the proportions. New poses "
+     "deform slightly differently from MHR's own skinning (within about a centimetre)"),
+    ("exact", "Exact", "Rest pose = MHR's template skeleton, the person's proportions held as "
+     "pose-bone scale: skinning matches MHR exactly in every pose, but Clear Pose (Alt+S) "
+     "also clears the proportions; clear only location and rotation to keep them"),
+]
+
 MODES = [
     ("body", "Body", "Body decoder only: fastest"),
     ("full", "Full", "Body plus both hand crops and the keypoint-prompted refinement"),
@@ -124,6 +133,19 @@ class SAM3D_PG_scene(bpy.types.PropertyGroup):
         default="mhr",
         description="Bone-naming preset of the armature",
     )
+    proportions: EnumProperty(
+        name="Proportions",
+        items=PROPORTIONS,
+        default="baked",
+        description="Where the person's proportions live, and so what Clear Pose returns to "
+        "(docs/RIG.md)",
+    )
+    build_mesh: BoolProperty(
+        name="Mesh",
+        default=True,
+        description="Build the skinned body mesh (off: the armature only, e.g. to retarget "
+        "the pose onto another character)",
+    )
     pose: BoolProperty(
         name="Pose",
         default=True,
@@ -174,6 +196,13 @@ class SAM3D_PG_scene(bpy.types.PropertyGroup):
         options=BLEND_RELATIVE,
         default="//sam3d_body.fbx",
         description="Where Export FBX writes",
+    )
+    glb_path: StringProperty(
+        name="glTF File",
+        subtype="FILE_PATH",
+        options=BLEND_RELATIVE,
+        default="//sam3d_body.glb",
+        description="Where Export glTF writes (binary .glb)",
     )
     # Refine
     refine_all_markers: BoolProperty(
