@@ -14,6 +14,9 @@ FBX_PRESETS: dict[str, dict[str, Any]] = {
     "blender": {"apply_scale_options": "FBX_SCALE_NONE"},
     "unity": {"apply_scale_options": "FBX_SCALE_ALL"},
     "unreal": {"apply_scale_options": "FBX_SCALE_ALL"},
+    # Mixamo's uploader re-rigs or retargets from the bind pose and rejects extra takes: send
+    # the character alone (build it with naming="mixamo" so the bones carry mixamorig: names).
+    "mixamo": {"apply_scale_options": "FBX_SCALE_ALL", "bake_anim": False, "use_armature_deform_only": True},
 }
 
 _FBX_COMMON: dict[str, Any] = {

@@ -127,3 +127,16 @@ def test_exporting_the_mesh_brings_its_armature(scene, lod1_result, lod1_rig, tm
     bpy.ops.import_scene.fbx(filepath=path, automatic_bone_orientation=False, anim_offset=0.0)
     kinds = sorted(o.type for o in bpy.context.scene.objects)
     assert kinds == ["ARMATURE", "MESH"]
+
+
+def test_mixamo_preset_sends_the_named_character_without_takes(scene, lod1_result, lod1_rig, tmp_path):
+    objs = apply_result(bpy.context, lod1_result, lod1_rig, options={"naming": "mixamo"})
+    path = export_fbx(tmp_path / "mixamo.fbx", objs[:1], preset="mixamo")
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.import_scene.fbx(filepath=path, automatic_bone_orientation=False, anim_offset=0.0)
+    arms = [o for o in bpy.context.scene.objects if o.type == "ARMATURE"]
+    assert len(arms) == 1 and len([o for o in bpy.context.scene.objects if o.type == "MESH"]) == 1
+    names = [b.name for b in arms[0].data.bones]
+    assert names and all(n.startswith("mixamorig:") for n in names)
+    assert "mixamorig:Hips" in names and "mixamorig:LeftHand" in names
+    assert len(bpy.data.actions) == 0
