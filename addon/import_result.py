@@ -103,13 +103,17 @@ def import_result(context: Any, result_path: str | os.PathLike,
     """Build the scene of a saved result exactly as a live reconstruction would.
 
     Returns apply_result's objects (armature and mesh per person, then the camera). The
-    collection is named after the photo when given, else after the result file.
+    collection is named after the photo when given, else after the result file. The armatures
+    carry what Refine needs (photo, 2D keypoints, box, intrinsics), as after a live result.
     """
     from .apply import apply_result
+    from .session import tag_armatures
 
     result, embedded = load_result_file(result_path)
     rig_data = resolve_rig(embedded, rig)
     opts = dict(options or {})
     if image_path is None and not opts.get("collection_name"):
         opts["collection_name"] = os.path.splitext(os.path.basename(os.fspath(result_path)))[0]
-    return apply_result(context, result, rig_data, image_path=image_path, options=opts)
+    created = apply_result(context, result, rig_data, image_path=image_path, options=opts)
+    tag_armatures(created, dict(result.arrays), image_path)
+    return created
