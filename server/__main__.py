@@ -86,8 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to bind (default 127.0.0.1; others need --allow-remote)")
     serve.add_argument("--port", type=int, default=0, help="TCP port (0: pick a free one)")
     serve.add_argument("--allow-remote", action="store_true",
-                       help="allow binding a non-loopback address (the token is then the only "
-                            "protection; traffic is not encrypted)")
+                       help="allow binding a non-loopback address (protected by the token; "
+                            "add --tls-cert/--tls-key to encrypt the traffic)")
+    serve.add_argument("--tls-cert", metavar="CERT.pem",
+                       help="serve TLS with this certificate (PEM; needs --tls-key)")
+    serve.add_argument("--tls-key", metavar="KEY.pem", help="private key of --tls-cert (PEM)")
+    serve.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="drop a client that has not said hello after this long (default 10)")
+    serve.add_argument("--io-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="drop a client whose frame or reply stalls this long (default 30)")
+    serve.add_argument("--idle-timeout", type=float, default=3600.0, metavar="SECONDS",
+                       help="drop a client idle this long with no job (default 3600; 0: never)")
     serve.add_argument("--parent-watch", action="store_true",
                        help="exit when the parent process goes away or closes our stdin")
     serve.add_argument("--queue-size", type=int, default=8, help="queued requests (default 8)")
@@ -107,7 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keypoint prompt in image pixels (label: MHR-70 index or -1)")
     rec.add_argument("--connect", type=_address, metavar="HOST:PORT",
                      help="send the job to a running server (token from SAM3D_BODY_TOKEN)")
+    rec.add_argument("--tls-ca", metavar="CA.pem",
+                     help="with --connect: use TLS, verify the server against this CA file")
+    rec.add_argument("--tls-pin", metavar="SHA256",
+                     help="with --connect: use TLS, accept only the certificate with this "
+                          "SHA-256 fingerprint")
     _add_model_args(rec)
+    from .bench import add_bench_parser  # `bench` owns its arguments (server/bench.py)
+    add_bench_parser(commands)
     return parser
 
 
@@ -139,16 +155,36 @@ def make_engine(factory: Callable[..., Any], args: argparse.Namespace) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     from server import service
 
-    if args.host not in service.LOOPBACK_HOSTS and not args.allow_remote:
+    remote = not service.is_loopback(args.host)
+    if remote and not args.allow_remote:
         raise UsageError(f"refusing to listen on {args.host!r}: other machines could reach the "
                          "server; pass --allow-remote if you really want that")
     if not 0 <= args.port < 65536:
         raise UsageError(f"--port {args.port} is not a TCP port")
     if args.queue_size < 1:
         raise UsageError("--queue-size must be at least 1")
+    if not (args.io_timeout > 0 and args.handshake_timeout > 0 and args.idle_timeout >= 0):
+        raise UsageError("--io-timeout and --handshake-timeout must be positive and "
+                         "--idle-timeout not negative")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
     token = os.environ.get(service.TOKEN_ENV, "")
     if not token:
         raise UsageError(f"set {service.TOKEN_ENV} to a secret token; clients must send it")
+    if remote and len(token) < 16:
+        raise UsageError(f"a server other machines can reach needs a token of at least 16 "
+                         f"characters in {service.TOKEN_ENV}")
+    ssl_context = None
+    if args.tls_cert:
+        from addon.tls import TlsError, server_context
+
+        try:
+            ssl_context = server_context(args.tls_cert, args.tls_key)
+        except TlsError as exc:
+            raise UsageError(str(exc)) from exc
+    elif remote:
+        log.warning("listening on %s without TLS: the token and images cross the network in "
+                    "clear text (use --tls-cert/--tls-key)", args.host)
 
     ready_stream = service.redirect_stdout_to_stderr()
     holder: dict[str, Any] = {}
@@ -165,18 +201,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     factory, request_type = resolve_engine(args.engine)
     engine = make_engine(factory, args)
-    running = service.InferenceService(engine, request_type, token, host=args.host,
-                                       port=args.port, queue_size=args.queue_size)
+    running = service.InferenceService(
+        engine, request_type, token, host=args.host, port=args.port,
+        queue_size=args.queue_size, io_timeout=args.io_timeout,
+        handshake_timeout=args.handshake_timeout,
+        idle_timeout=args.idle_timeout or None, ssl_context=ssl_context)
     holder["service"] = running
     running.start()
     info = getattr(engine, "info", {}) or {}
     service.announce_ready(ready_stream, {
         "port": running.port, "host": args.host, "protocol": running.info()["protocol"],
         "device": info.get("device"), "model": info.get("model"), "pid": os.getpid(),
+        "tls": ssl_context is not None,
     })
     while not running.wait(1.0):
         pass
-    return 0
+    # The job in flight was cancelled by the shutdown; give the engine a moment to notice, then
+    # leave even if it does not (a parent that quit must not leave a server behind).
+    if not running.join_worker(3.0):
+        log.warning("the model worker did not stop within 3 s; exiting anyway")
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +248,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     image_path = Path(args.image)
     if not image_path.is_file():
         raise UsageError(f"image {args.image!r} does not exist")
+    if (args.tls_ca or args.tls_pin) and not args.connect:
+        raise UsageError("--tls-ca/--tls-pin need --connect")
     if args.mask and len(args.mask) != len(args.box):
         raise UsageError(f"give one --mask per --box ({len(args.mask)} masks, "
                          f"{len(args.box)} boxes)")
@@ -243,7 +291,15 @@ def _reconstruct_remote(args: argparse.Namespace, image_path: Path, boxes: np.nd
     if not token:
         raise UsageError(f"--connect needs the server's token in {TOKEN_ENV}")
     host, port = args.connect
-    with Client(host, port, token) as client:
+    tls = None
+    if args.tls_ca or args.tls_pin:
+        from addon.tls import TlsError, TlsSettings
+
+        try:
+            tls = TlsSettings(ca_file=args.tls_ca, pin_sha256=args.tls_pin)
+        except TlsError as exc:
+            raise UsageError(str(exc)) from exc
+    with Client(host, port, token, tls=tls) as client:
         return client.reconstruct(
             image_bytes=image_path.read_bytes(), boxes=boxes, masks=masks, mode=args.mode,
             intrinsics=args.intrinsics, prompts=args.prompt or None,
@@ -265,12 +321,17 @@ def save_result(path: Path, result: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+    return bench_main(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"serve": cmd_serve, "reconstruct": cmd_reconstruct}
+    commands = {"serve": cmd_serve, "reconstruct": cmd_reconstruct, "bench": _cmd_bench}
     try:
         return commands[args.command](args)
     except UsageError as exc:

@@ -19,6 +19,7 @@ import torch
 from . import checkpoint as ckpt_mod
 from .config import load_config
 from .errors import BAD_INPUT, CANCELLED, DEVICE_UNAVAILABLE, NO_PERSON, ServerError
+from .profiling import stage
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,9 @@ class Engine:
             if not out or len(out.get("pred_vertices", ())) == 0:
                 raise ServerError(NO_PERSON, "No person was found in the image; draw a box around the person and try again.")
             progress(0.9, "skeleton")
-            state = person_rig_state(self.mhr, out["mhr_model_params"], out["shape_params"], out["expr_params"])
+            with stage("skeleton"):
+                state = person_rig_state(self.mhr, out["mhr_model_params"], out["shape_params"],
+                                         out["expr_params"])
             log.info("reconstruct: %d person(s) in %.3f s", len(out["pred_vertices"]), time.perf_counter() - t0)
         result: dict[str, np.ndarray] = dict(out)
         result.update(state)
@@ -135,23 +138,33 @@ class Engine:
 
 def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str | None = None,
                 device: str = "auto", detector: str | None = None,
-                cache_dir: str | None = None) -> Engine:
-    """Resolve, build, load (strictly) and move the model; raise ServerError on any problem."""
+                cache_dir: str | None = None, precision: str | None = None) -> Engine:
+    """Resolve, build, load (strictly) and move the model; raise ServerError on any problem.
+
+    `precision`: `official`, `fast` or `fp32` (server/precision.py); None: `fast` (= fp32 off CUDA)."""
     from .models.build import build_sam3d_body
+    from .precision import apply_precision, check_precision
 
     files = ckpt_mod.resolve(checkpoint=checkpoint, repo=repo, mhr=mhr)
     cfg = load_config(files.config)
     dev = pick_device(device)
+    try:
+        precision = check_precision(precision, dev)
+    except ValueError as exc:
+        raise ServerError(BAD_INPUT, str(exc)) from None
     t0 = time.perf_counter()
     model = build_sam3d_body(cfg, str(files.mhr))
     state = ckpt_mod.load_state_dict(files.checkpoint, cache_dir=ckpt_mod.default_cache_dir() if cache_dir is None else cache_dir)
     ckpt_mod.check_state_dict(model.state_dict(), state, source=str(files.checkpoint))
     model.load_state_dict(state, strict=False)
     model.to(dev).eval()
-    log.info("model %s loaded on %s in %.2f s", files.source, dev, time.perf_counter() - t0)
+    dtypes = apply_precision(model, precision, dev)
+    log.info("model %s loaded on %s in %.2f s (precision %s)", files.source, dev, time.perf_counter() - t0, dtypes)
     det = None
     if detector:
         from .pipeline.detector import PersonDetector
 
         det = PersonDetector.from_pretrained(detector, device=dev)
-    return Engine(model, cfg, files, dev, det)
+    engine = Engine(model, cfg, files, dev, det)
+    engine.info.update(precision=precision, dtype=dtypes["backbone"])
+    return engine

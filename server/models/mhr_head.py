@@ -151,6 +151,24 @@ class MHRHead(nn.Module):
 
     # --- helpers ---------------------------------------------------------------------------
 
+    def _faces_numpy(self) -> Any:
+        """`faces` as numpy, copied to the host once per value rather than once per decoder
+        layer (a device->host copy and sync in every layer on CUDA). The key follows in-place
+        loads (version counter) and moves (data pointer)."""
+        key = (self.faces.device, self.faces.data_ptr(), self.faces._version)
+        cached = self.__dict__.get("_faces_np_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.faces.detach().cpu().numpy())
+            self.__dict__["_faces_np_cache"] = cached
+        return cached[1]
+
+    def _hand_mask_on(self, device: torch.device) -> torch.Tensor:
+        """The constant hand-DoF mask on `device`, uploaded once per device."""
+        masks = self.__dict__.setdefault("_hand_mask_cache", {})
+        if device not in masks:
+            masks[device] = mhr_param_hand_mask.to(device)
+        return masks[device]
+
     def get_zero_pose_init(self, factor: float = 1.0) -> torch.Tensor:
         """(1, 519) initial estimate: identity 6D rotation + continuous zero body pose."""
         weights = torch.zeros(1, self.npose)
@@ -301,7 +319,7 @@ class MHRHead(nn.Module):
         pred_pose_cont = pred[:, count : count + self.body_cont_dim]
         count += self.body_cont_dim
         pred_pose_euler = compact_cont_to_model_params_body(pred_pose_cont)
-        pred_pose_euler[:, mhr_param_hand_mask.to(pred.device)] = 0  # hands come from the hand PCA
+        pred_pose_euler[:, self._hand_mask_on(pred.device)] = 0  # hands come from the hand PCA
         pred_pose_euler[:, -3:] = 0  # jaw
 
         pred_shape = pred[:, count : count + self.num_shape_comps]
@@ -343,7 +361,7 @@ class MHRHead(nn.Module):
             "pred_keypoints_3d": j3d.reshape(batch, -1, 3),
             "pred_vertices": verts.reshape(batch, -1, 3),
             "pred_joint_coords": jcoords.reshape(batch, -1, 3),
-            "faces": self.faces.cpu().numpy(),
+            "faces": self._faces_numpy(),
             "joint_global_rots": joint_global_rots,
             "mhr_model_params": mhr_model_params,
         }

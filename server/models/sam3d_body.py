@@ -30,6 +30,7 @@ from .camera_encoder import CameraEncoder, get_ray_condition as _ray_map
 from .decoder import PromptableDecoder, update_keypoint_tokens
 from .layers import FFN, MLP
 from .prompt_encoder import LABEL_INVALID, PositionEmbeddingRandom, PromptEncoder
+from server.profiling import stage
 
 NUM_KEYPOINTS = 70  # mhr70
 CONDITION_DIM = 3  # CLIFF (cx/f, cy/f, side/f)
@@ -391,8 +392,13 @@ class SAM3DBody(nn.Module):
         init_camera = br.init_camera.weight.expand(bn, -1)
         hand_start, kps_start, kps3d_start = slots
 
+        last_layer = len(br.decoder.layers) - 1
+
         def pose_fn(normed: torch.Tensor, layer: int) -> dict:
-            out = self._tokens_to_pose_output(br, normed[:, 0], init_pose, init_camera, batch)
+            # Intermediate layers feed only the keypoint-token update: their (unused) projection
+            # of every vertex is skipped; the last layer's output keeps the full official dict.
+            out = self._tokens_to_pose_output(br, normed[:, 0], init_pose, init_camera, batch,
+                                              project_vertices=layer == last_layer)
             if self.capture is not None:
                 for key, value in out.items():
                     self._record(f"L{layer}.{key}", value)
@@ -449,16 +455,18 @@ class SAM3DBody(nn.Module):
         augment[:, 2:hand_start] = prompt_tokens
         return tokens, augment, (hand_start, kps_start, kps3d_start)
 
-    def _tokens_to_pose_output(self, br: _Branch, pose_token, init_pose, init_camera, batch) -> dict:
+    def _tokens_to_pose_output(self, br: _Branch, pose_token, init_pose, init_camera, batch,
+                               project_vertices: bool = True) -> dict:
         """Pose token (BN, D) -> head outputs (every layer is a residual on the learned init),
         camera projection and crop-normalised 2D keypoints."""
         out = br.head_pose(pose_token, init_pose)
         out["pred_cam"] = br.head_camera(pose_token, init_camera)
-        self._camera_project(br.head_camera, out, batch)
+        self._camera_project(br.head_camera, out, batch, project_vertices)
         out["pred_keypoints_2d_cropped"] = self._full_to_crop(batch, out["pred_keypoints_2d"])
         return out
 
-    def _camera_project(self, head_camera: nn.Module, pose_output: dict, batch: Mapping[str, Any]) -> dict:
+    def _camera_project(self, head_camera: nn.Module, pose_output: dict, batch: Mapping[str, Any],
+                        project_vertices: bool = True) -> dict:
         """Adds pred_keypoints_2d (full K, px), pred_cam_t, focal_length, pred_keypoints_2d_depth
         (and pred_keypoints_2d_verts when vertices are present) to ``pose_output``."""
         args = (
@@ -471,7 +479,7 @@ class SAM3DBody(nn.Module):
         cam_out = head_camera.perspective_projection(
             pose_output["pred_keypoints_3d"], pred_cam, *args, use_intrin_center=self.use_intrin_center
         )
-        if pose_output.get("pred_vertices") is not None:
+        if project_vertices and pose_output.get("pred_vertices") is not None:
             verts_out = head_camera.perspective_projection(
                 pose_output["pred_vertices"], pred_cam, *args, use_intrin_center=self.use_intrin_center
             )
@@ -521,7 +529,8 @@ class SAM3DBody(nn.Module):
         rays = self._flatten_person(self.get_ray_condition(batch))[..., self.crop_columns]
         batch["ray_cond" if decoder_type == "body" else "ray_cond_hand"] = rays.clone()
 
-        feats = self.backbone(x)
+        with stage("backbone"):
+            feats = self.backbone(x)
         if isinstance(feats, tuple):
             feats = feats[-1]
         feats = feats.type(x.dtype)
@@ -535,7 +544,8 @@ class SAM3DBody(nn.Module):
         dummy = torch.zeros((x.shape[0], 1, 3), dtype=batch["img"].dtype, device=x.device)
         dummy[:, :, -1] = LABEL_INVALID
         forward = self.forward_decoder if decoder_type == "body" else self.forward_decoder_hand
-        hand_tokens, outputs = forward(feats, None, dummy, None, condition, batch)
+        with stage("decoder"):
+            hand_tokens, outputs = forward(feats, None, dummy, None, condition, batch)
         pose = outputs[-1]
         if self.do_hand_detect_tokens:
             pose["hand_box"] = self.bbox_embed(hand_tokens).sigmoid()
@@ -565,9 +575,10 @@ class SAM3DBody(nn.Module):
         ).detach().unsqueeze(1)
         self._record("prev_estimate", prev[:, 0])
         self._record("keypoint_prompt", keypoint_prompt)
-        _, outputs = self.forward_decoder(
-            output["image_embeddings"], None, keypoint_prompt, prev, output["condition_info"], batch
-        )
+        with stage("decoder"):
+            _, outputs = self.forward_decoder(
+                output["image_embeddings"], None, keypoint_prompt, prev, output["condition_info"], batch
+            )
         output.update({"mhr": outputs[-1]})
         return output, keypoint_prompt
 

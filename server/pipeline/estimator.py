@@ -20,6 +20,7 @@ import torch
 from server.errors import BAD_INPUT, NO_PERSON, ServerError
 from server.pipeline.crop import prepare_batch
 from server.pipeline.inference import run_inference, to_device
+from server.profiling import stage
 
 NUM_KEYPOINTS = 70
 PROMPT_LABEL_MIN, PROMPT_LABEL_MAX = -1, NUM_KEYPOINTS - 1  # -1 = "not a point" click
@@ -261,13 +262,13 @@ def process_one_image(model: torch.nn.Module, img_rgb: np.ndarray, boxes: Any = 
     mask_arr = validate_masks(masks, box_arr.shape[0], width, height) if masks is not None else None
     cam = validate_cam_int(cam_int) if cam_int is not None else None
 
-    batch = prepare_batch(img, box_arr, masks=mask_arr, cam_int=cam)
-    keypoint_prompt = prompted = None
-    if prompts is not None and len(prompts) > 0:
-        keypoint_prompt, prompted = prompts_to_crop(prompts, batch, box_arr, width, height)
-
     device = _model_device(model)
-    batch = to_device(batch, device)
+    with stage("crop"):
+        batch = prepare_batch(img, box_arr, masks=mask_arr, cam_int=cam)
+        keypoint_prompt = prompted = None
+        if prompts is not None and len(prompts) > 0:
+            keypoint_prompt, prompted = prompts_to_crop(prompts, batch, box_arr, width, height)
+        batch = to_device(batch, device)
     if hasattr(model, "_initialize_batch"):
         model._initialize_batch(batch)
     result = run_inference(model, img, batch, inference_type,

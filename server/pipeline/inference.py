@@ -21,6 +21,7 @@ import torch
 from server.models.rotations import euler_to_rotmat, fix_wrist_euler, rotation_angle_difference, \
     rotmat_to_euler
 from server.pipeline.crop import HAND_PADDING, prepare_batch
+from server.profiling import stage
 
 WRIST_ANGLE_THRESHOLD = 1.4  # rad, C1 and the IK gate
 HAND_CROP_MIN_SIDE = 64  # px, C2
@@ -272,7 +273,8 @@ def body_pass(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[st
 def hand_pass(model: torch.nn.Module, image: np.ndarray, boxes_xyxy: np.ndarray, cam_int: torch.Tensor,
               device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Hand decoder on square hand crops (padding 0.9) of `image`; the hand is treated as right."""
-    batch = to_device(prepare_batch(image, boxes_xyxy, padding=HAND_PADDING, cam_int=cam_int.clone()), device)
+    with stage("crop"):
+        batch = to_device(prepare_batch(image, boxes_xyxy, padding=HAND_PADDING, cam_int=cam_int.clone()), device)
     return batch, model.forward_step(batch, decoder_type="hand")
 
 
@@ -313,9 +315,10 @@ def run_full_hands(model: torch.nn.Module, image: np.ndarray, batch: dict[str, t
     if prompt.numel() != 0:
         output, _ = model.run_keypoint_prompt(batch, output, prompt)
 
-    ik = merge_hands(output["mhr"], lhand_out, rhand_out, hand_valid, ori_local_wrist, model.head_pose,
-                     thresh_wrist_angle)
-    final_forward(output["mhr"], model.head_pose, width, height)
+    with stage("merge"):
+        ik = merge_hands(output["mhr"], lhand_out, rhand_out, hand_valid, ori_local_wrist, model.head_pose,
+                         thresh_wrist_angle)
+        final_forward(output["mhr"], model.head_pose, width, height)
     info = {"checks": checks, "keypoint_prompt": prompt, **ik}
     return output, batch_lhand, batch_rhand, lhand_out, rhand_out, info
 
@@ -373,5 +376,6 @@ def run_inference(model: torch.nn.Module, image: np.ndarray, batch: dict[str, to
             output["mhr"] = keep_unprompted(output["mhr"], old_pose, prompted.to(keypoint_prompt.device))
     if inference_type == "body":
         return output
-    return run_full_hands(model, image, batch, output, ori_local_wrist, thresh_wrist_angle, hand_boxes,
-                          extra_prompt=keypoint_prompt)
+    with stage("hands"):
+        return run_full_hands(model, image, batch, output, ori_local_wrist, thresh_wrist_angle, hand_boxes,
+                              extra_prompt=keypoint_prompt)

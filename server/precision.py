@@ -1,0 +1,123 @@
+"""Numeric precision modes of the engine (`load_engine(precision=...)`, `bench --precision`).
+
+* `fp32`: every module in float32 (the fp16 conversion a config's `TRAIN.USE_FP16` asks for is
+  undone; fp16-rounded weights stay fp16-rounded values, now stored in fp32).
+* `official`: the official release's semantics whatever the config file says: DINOv3 entirely
+  in fp16 (`USE_FP16: true, FP16_TYPE: float16` of the released config, LayerNorms included),
+  ViT-H with fp16 Linear/Conv weights and fp32 LayerNorm (the official `convert_to_fp16`),
+  decoders, heads and MHR in fp32.
+* `fast`: weights stay fp32; the backbone and the decoder transformer layers run under
+  `torch.autocast` (fp16 on CUDA; LayerNorm, softmax and reductions stay fp32 under autocast).
+  The pose/camera heads, the rotation maths, the keypoint update and MHR are never autocast:
+  they decode small differences of large numbers (Euler angles, FK) where half precision would
+  visibly move the mesh. On devices other than CUDA `fast` is `fp32` (CPU half-precision
+  kernels are slower than fp32 ones; MPS is not measured).
+
+Apply a mode once, after the checkpoint is loaded (converting after loading rounds exactly as
+loading into converted parameters does: both are one fp32 -> fp16 round-to-nearest).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+PRECISIONS = ("official", "fast", "fp32")
+_AUTOCAST_ATTR = "_precision_autocast"  # marks a module whose forward we wrapped
+
+
+def default_precision(device: torch.device | str) -> str:
+    """`fast` everywhere (it means fp32 off CUDA)."""
+    return "fast"
+
+
+def check_precision(name: str | None, device: torch.device | str) -> str:
+    """Validated mode name; None picks the device default."""
+    if name is None or name == "auto":
+        return default_precision(device)
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (or auto), got {name!r}")
+    return name
+
+
+def fast_autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype `fast` uses on `device`, None for plain fp32."""
+    return torch.float16 if torch.device(device).type == "cuda" else None
+
+
+def _wrap_autocast(module: nn.Module, device_type: str, dtype: torch.dtype) -> None:
+    """Run `module.forward` under autocast and return float32 tensors (idempotent)."""
+    if getattr(module, _AUTOCAST_ATTR, None) is not None:
+        _unwrap_autocast(module)
+    original = module.forward
+
+    @functools.wraps(original)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            out = original(*args, **kwargs)
+        return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+
+    module.forward = forward  # instance attribute: state_dict keys and hooks are unchanged
+    setattr(module, _AUTOCAST_ATTR, (device_type, dtype))
+
+
+def _unwrap_autocast(module: nn.Module) -> None:
+    if getattr(module, _AUTOCAST_ATTR, None) is not None:
+        del module.forward  # back to the class method
+        setattr(module, _AUTOCAST_ATTR, None)
+
+
+def _decoder_layers(model: nn.Module) -> list[nn.Module]:
+    return [layer for dec in (model.decoder, model.decoder_hand) for layer in dec.layers]
+
+
+def apply_precision(model: nn.Module, precision: str, device: torch.device | str,
+                    fast_dtype: torch.dtype | None = None) -> dict[str, str]:
+    """Put a loaded `SAM3DBody` into `precision` (in place) and describe the result.
+
+    `fast_dtype` overrides the autocast dtype of `fast` (e.g. bfloat16 on the CPU, for
+    measurements); None uses `fast_autocast_dtype(device)`.
+    Returns {"precision", "backbone", "decoder", "mhr"}: the dtype each part computes in.
+    """
+    from server.models.backbones import set_official_precision
+
+    precision = check_precision(precision, device)
+    device = torch.device(device)
+    modules = [model.backbone, *_decoder_layers(model)]
+    for module in modules:
+        _unwrap_autocast(module)
+    if precision == "official":
+        backbone_dtype = torch.float16
+    else:
+        backbone_dtype = torch.float32
+    set_official_precision(model.backbone, backbone_dtype)
+    model.backbone_dtype = backbone_dtype
+    autocast = None
+    if precision == "fast":
+        autocast = fast_dtype if fast_dtype is not None else fast_autocast_dtype(device)
+        if autocast is not None:
+            for module in modules:
+                _wrap_autocast(module, device.type, autocast)
+    return describe_precision(model, precision)
+
+
+def describe_precision(model: nn.Module, precision: str) -> dict[str, str]:
+    """Which dtype each part computes in (read from the modules, not from the request)."""
+    def name(dtype: torch.dtype) -> str:
+        return str(dtype).replace("torch.", "")
+
+    back = getattr(model.backbone, _AUTOCAST_ATTR, None)
+    layers = _decoder_layers(model)
+    dec = getattr(layers[0], _AUTOCAST_ATTR, None) if layers else None
+    mhr = model.head_pose.mhr
+    mhr_dtype = next((t.dtype for t in list(mhr.parameters()) + list(mhr.buffers()) if t.is_floating_point()),
+                     torch.float32)
+    return {
+        "precision": precision,
+        "backbone": f"autocast {name(back[1])}" if back else name(model.backbone.compute_dtype),
+        "decoder": f"autocast {name(dec[1])}" if dec else name(model.decoder.norm_final.weight.dtype),
+        "mhr": name(mhr_dtype),
+    }
+

@@ -1,0 +1,151 @@
+"""Precision modes (server/precision.py) on the parity fixtures.
+
+* the documented dtypes per mode;
+* `fp32` is bit-identical to the model as built from an fp32 checkpoint (the old default);
+* `official` reproduces fixture case 09 (official USE_FP16 run) both from the fp16 checkpoint and
+  from the fp32 checkpoint of the same weights (the mode ignores the config file), and its
+  backbone features are the fp16 ones (the final outputs of the tiny model cannot tell fp16 from
+  fp32 activations, the backbone features can: README of the fixtures).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from server.engine import ReconstructRequest, load_engine
+from server.errors import ServerError
+from server.pipeline.estimator import process_one_image
+from server.precision import apply_precision, describe_precision, fast_autocast_dtype
+from tests.pipeline import parity_cases as pc
+
+CASE09 = "09_dinov3_fp16_full_1p"
+BOX = np.array([[20, 10, 370, 512]], np.float32)
+BACKBONE_FP16_TOL = 1e-3  # fixtures README: CPU fp16 kernels round differently across machines
+OUTPUT_KEYS = ("pred_vertices", "pred_keypoints_3d", "pred_keypoints_2d", "pred_cam_t", "mhr_model_params",
+               "body_pose_params", "hand_pose_params", "pred_joint_coords")
+
+
+def _engine(parity_dir: Path, name: str, precision: str | None, cache: Path):
+    return load_engine(checkpoint=str(parity_dir / "checkpoints" / name), device="cpu", cache_dir=str(cache),
+                       precision=precision)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _tolerance(key: str) -> float:
+    r2r = pc.case_json(CASE09)["run_to_run_max_abs_diff_threads_2_vs_1"]["outputs"].get(key, 0.0)
+    return max(10.0 * r2r, 1e-3 if key == "pred_keypoints_2d" else 1e-5)
+
+
+def _backbone_features(model, image: np.ndarray) -> np.ndarray:
+    model.capture = {}
+    try:
+        process_one_image(model, image, boxes=BOX, inference_type="body")
+        return model.capture["backbone"].numpy()
+    finally:
+        model.capture = None
+
+
+@pytest.mark.parametrize("name", ["dinov3_tiny", "dinov3_tiny_fp16", "vith_tiny"])
+def test_documented_dtypes(parity_dir: Path, cache: Path, name: str) -> None:
+    engine = _engine(parity_dir, name, "official", cache)
+    assert engine.info["precision"] == "official" and engine.info["dtype"] == "float16"
+    model = engine.model
+    for precision, backbone in (("official", "float16"), ("fp32", "float32"), ("fast", "float32"), ("official", "float16")):
+        assert apply_precision(model, precision, "cpu") == {
+            "precision": precision, "backbone": backbone, "decoder": "float32", "mhr": "float32"}
+        floats = {p.dtype for n, p in model.named_parameters() if not n.startswith("backbone.") and p.is_floating_point()}
+        assert floats == {torch.float32}, "decoder, heads and MHR stay fp32"
+        if precision == "official" and name.startswith("vith"):
+            # Official ViT conversion: Linear/Conv weights and pos_embed fp16, LayerNorm fp32.
+            assert model.backbone.blocks[0].attn.qkv.weight.dtype == torch.float16
+            assert model.backbone.pos_embed.dtype == torch.float16
+            assert model.backbone.blocks[0].norm1.weight.dtype == torch.float32
+        elif precision == "official":
+            assert {p.dtype for p in model.backbone.parameters()} == {torch.float16}
+        else:
+            assert {p.dtype for p in model.backbone.parameters()} == {torch.float32}
+
+
+def test_default_precision_is_fast_and_fp32_on_cpu(parity_dir: Path, cache: Path) -> None:
+    engine = _engine(parity_dir, "dinov3_tiny_fp16", None, cache)
+    assert engine.info["precision"] == "fast" and engine.info["dtype"] == "float32"
+    assert describe_precision(engine.model, "fast")["backbone"] == "float32"
+
+
+def test_fast_autocast_dtype_is_reported_and_reversible(parity_dir: Path, cache: Path) -> None:
+    engine = _engine(parity_dir, "dinov3_tiny", "fp32", cache)
+    model = engine.model
+    dtypes = apply_precision(model, "fast", "cpu", fast_dtype=torch.bfloat16)
+    assert dtypes["backbone"] == dtypes["decoder"] == "autocast bfloat16" and dtypes["mhr"] == "float32"
+    assert apply_precision(model, "fp32", "cpu")["backbone"] == "float32"
+    assert "forward" not in vars(model.backbone), "fp32 removes the autocast wrapper"
+    # `fast` autocasts in fp16 on CUDA only; elsewhere it is plain fp32.
+    assert fast_autocast_dtype("cuda") is torch.float16
+    assert fast_autocast_dtype("cpu") is None and fast_autocast_dtype("mps") is None
+    assert apply_precision(model, "fast", "cuda")["backbone"] == "autocast float16"
+    apply_precision(model, "fp32", "cpu")
+
+
+def test_fp32_is_bit_identical_to_the_plain_model(parity_dir: Path, cache: Path) -> None:
+    image = pc.image(CASE09)
+    engine = _engine(parity_dir, "dinov3_tiny", "fp32", cache)
+    res = engine.reconstruct(ReconstructRequest(image=image, boxes=BOX, mode="full"))
+    plain = process_one_image(pc.model_for("02_dinov3_full_1p_hands_valid"), image, boxes=BOX, inference_type="full")
+    for key in OUTPUT_KEYS:
+        np.testing.assert_array_equal(res[key], plain[key], err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["dinov3_tiny_fp16", "dinov3_tiny"])
+def test_official_mode_reproduces_case_09(parity_dir: Path, cache: Path, name: str) -> None:
+    pc.require_parity()
+    image = pc.image(CASE09)
+    engine = _engine(parity_dir, name, "official", cache)
+    res = engine.reconstruct(ReconstructRequest(image=image, boxes=pc.inputs(CASE09)["boxes"], mode="full"))
+    ref = pc.outputs(CASE09)
+    for key in OUTPUT_KEYS:
+        err = float(np.abs(res[key].astype(np.float64) - ref[key]).max())
+        assert err <= _tolerance(key), f"{name} {key}: {err:.2e}"
+    want = pc.intermediates(CASE09)["body.backbone"]
+    got = _backbone_features(engine.model, image)
+    assert np.abs(got - want).max() <= BACKBONE_FP16_TOL
+    # The same check fails with fp32 activations, so it really tests the fp16 semantics.
+    apply_precision(engine.model, "fp32", "cpu")
+    assert np.abs(_backbone_features(engine.model, image) - want).max() > BACKBONE_FP16_TOL
+
+
+def test_unknown_precision_is_a_clear_error(parity_dir: Path, cache: Path) -> None:
+    with pytest.raises(ServerError) as err:
+        _engine(parity_dir, "dinov3_tiny", "half", cache)
+    assert "precision must be one of" in err.value.message
+
+
+def test_fast_autocast_covers_backbone_and_decoder_layers_only(parity_dir: Path, cache: Path) -> None:
+    """Heads, rotation maths and MHR never run under autocast; backbone and decoder layers do."""
+    engine = _engine(parity_dir, "dinov3_tiny", "fp32", cache)
+    model = engine.model
+    seen: dict[str, set] = {"backbone_block": set(), "decoder_attn": set(), "head_pose": set(), "head_camera": set()}
+
+    def spy(name: str):
+        return lambda module, args: seen[name].add(torch.is_autocast_enabled("cpu"))
+
+    hooks = [model.backbone.encoder.blocks[0].register_forward_pre_hook(spy("backbone_block")),
+             model.decoder.layers[0].cross_attn.register_forward_pre_hook(spy("decoder_attn")),
+             model.head_pose.register_forward_pre_hook(spy("head_pose")),
+             model.head_pose_hand.register_forward_pre_hook(spy("head_pose")),
+             model.head_camera.register_forward_pre_hook(spy("head_camera"))]
+    try:
+        apply_precision(model, "fast", "cpu", fast_dtype=torch.bfloat16)
+        res = engine.reconstruct(ReconstructRequest(image=pc.image(CASE09), boxes=BOX, mode="full"))
+    finally:
+        for h in hooks:
+            h.remove()
+        apply_precision(model, "fp32", "cpu")
+    assert seen == {"backbone_block": {True}, "decoder_attn": {True}, "head_pose": {False}, "head_camera": {False}}
+    assert res["pred_vertices"].dtype == np.float32 and np.isfinite(res["pred_vertices"]).all()
