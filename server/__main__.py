@@ -72,6 +72,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mhr", metavar="PATH", help="mhr_model.pt (default: from the checkpoint)")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu", "mps"),
                         help="compute device (default: auto)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "official", "fp32", "fast"),
+                        help="auto = fast on CUDA (fp16/bf16 where safe, MHR fp32), fp32 elsewhere; "
+                             "official = Meta's fp16 semantics (docs/PRECISION.md)")
     parser.add_argument("--engine", default=DEFAULT_ENGINE, metavar="MODULE:FACTORY",
                         help=argparse.SUPPRESS)  # alternative engines (test doubles)
 
@@ -145,7 +148,10 @@ def resolve_engine(spec: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
 
 
 def make_engine(factory: Callable[..., Any], args: argparse.Namespace) -> Any:
-    return factory(checkpoint=args.checkpoint, repo=args.repo, mhr=args.mhr, device=args.device)
+    kwargs: dict[str, Any] = {}
+    if getattr(args, "precision", "auto") != "auto":  # test-double engines take no precision
+        kwargs["precision"] = args.precision
+    return factory(checkpoint=args.checkpoint, repo=args.repo, mhr=args.mhr, device=args.device, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +266,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     boxes = np.asarray(args.box, dtype=np.float32).reshape(-1, 4) if args.box else None
 
     if args.connect:
-        result = _reconstruct_remote(args, image_path, boxes, masks)
+        result, rig = _reconstruct_remote(args, image_path, boxes, masks)
     else:
         from server import service
 
@@ -277,14 +283,19 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             arrays["masks"] = np.stack(masks)
         # Decode and check the inputs before the (slow) model load.
         request = service.build_request(request_type, fields, arrays)
-        result = make_engine(factory, args).reconstruct(request)
-    save_result(out, result)
+        engine = make_engine(factory, args)
+        result = engine.reconstruct(request)
+        rig = engine.rig_data()
+    # The rig travels inside the file (rig_* arrays) so Blender can import it with numpy only.
+    from addon.import_result import with_rig_arrays
+
+    save_result(out, with_rig_arrays(result, rig))
     log.info("wrote %s", out)
     return 0
 
 
 def _reconstruct_remote(args: argparse.Namespace, image_path: Path, boxes: np.ndarray | None,
-                        masks: list[np.ndarray] | None) -> dict[str, np.ndarray]:
+                        masks: list[np.ndarray] | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from addon.client import TOKEN_ENV, Client
 
     token = os.environ.get(TOKEN_ENV, "")
@@ -300,10 +311,11 @@ def _reconstruct_remote(args: argparse.Namespace, image_path: Path, boxes: np.nd
         except TlsError as exc:
             raise UsageError(str(exc)) from exc
     with Client(host, port, token, tls=tls) as client:
-        return client.reconstruct(
+        result = client.reconstruct(
             image_bytes=image_path.read_bytes(), boxes=boxes, masks=masks, mode=args.mode,
             intrinsics=args.intrinsics, prompts=args.prompt or None,
             progress=lambda f, m: log.info("%3.0f%% %s", 100 * f, m))
+        return result, client.rig()
 
 
 def save_result(path: Path, result: dict[str, Any]) -> None:
