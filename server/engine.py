@@ -16,9 +16,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from . import __version__
 from . import checkpoint as ckpt_mod
 from .config import load_config
-from .errors import BAD_INPUT, CANCELLED, DEVICE_UNAVAILABLE, NO_PERSON, ServerError
+from .errors import BAD_INPUT, CANCELLED, DEVICE_UNAVAILABLE, NO_PERSON, OUT_OF_MEMORY, ServerError
 from .profiling import stage
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ def pick_device(name: str = "auto") -> torch.device:
 class Engine:
     """One loaded model. `reconstruct` is not re-entrant: the service runs one worker."""
 
+    # Longest image side the model works at; larger photos are downscaled with their intrinsics.
+    max_work_side = 4096
+
     def __init__(self, model: torch.nn.Module, cfg: dict[str, Any], files: ckpt_mod.CheckpointFiles,
                  device: torch.device, detector: Any = None) -> None:
         self.model = model
@@ -74,6 +78,9 @@ class Engine:
             "device": str(device),
             "dtype": "float32",
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "gpu_memory_gb": (round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+                              if device.type == "cuda" else None),
+            "version": __version__,
         }
 
     @property
@@ -92,7 +99,6 @@ class Engine:
                     progress: Callable[[float, str], None] = lambda f, s: None,
                     cancelled: Callable[[], bool] = lambda: False) -> dict[str, np.ndarray]:
         from .mhr.rig_data import person_rig_state
-        from .pipeline.estimator import process_one_image
         from .pipeline.intrinsics import resolve_intrinsics
 
         if request.mode not in ("body", "full"):
@@ -107,15 +113,16 @@ class Engine:
         with self._lock, torch.inference_mode():
             t0 = time.perf_counter()
             progress(0.05, "detecting" if request.boxes is None else "cropping")
-            out = process_one_image(
-                self.model, image,
-                boxes=request.boxes,
-                masks=request.masks,
-                cam_int=cam_int,
-                inference_type=request.mode,
-                prompts=list(request.prompts) or None,
-                detector=self.detector if request.detect else None,
-            )
+            work = _downscale(image, cam_int, request, self.max_work_side)
+            boxes = work.boxes
+            if boxes is None and request.detect and self.detector is not None:
+                # Detect here rather than inside the pipeline so that an out-of-memory retry can
+                # split the people into smaller batches.
+                boxes = np.asarray(self.detector(work.image), dtype=np.float32).reshape(-1, 4)
+                if len(boxes) == 0:
+                    raise ServerError(NO_PERSON, "No person was found in the image; draw a box around the person and try again.")
+            out = self._infer_in_batches(work.image, boxes, work.masks, work.cam_int, request.mode, work.prompts)
+            out = _upscale_outputs(out, work.scale, cam_int, request.masks)
             if cancelled():
                 raise ServerError(CANCELLED, "The reconstruction was cancelled.")
             if not out or len(out.get("pred_vertices", ())) == 0:
@@ -134,6 +141,84 @@ class Engine:
         result["mode"] = np.array(request.mode)
         progress(1.0, "done")
         return result
+
+
+    def _infer_in_batches(self, image: np.ndarray, boxes: np.ndarray | None, masks: Any, cam_int: np.ndarray,
+                          mode: str, prompts: list | None) -> dict[str, np.ndarray]:
+        """`process_one_image`; when the device runs out of memory with several people, the
+        people are split in halves (down to one per batch) instead of failing the request.
+
+        Splitting is a fallback, not the normal path: the official pipeline treats a batch of
+        one differently from larger batches (invalid hand prompts are dropped instead of
+        replaced by dummies), so a split batch may differ slightly from an unsplit one."""
+        from .oom import is_out_of_memory, release_cached_memory
+        from .pipeline.estimator import process_one_image
+
+        try:
+            return process_one_image(self.model, image, boxes=boxes, masks=masks, cam_int=cam_int,
+                                     inference_type=mode, prompts=prompts, detector=None)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+            if not is_out_of_memory(exc):
+                raise
+            n = 0 if boxes is None else len(boxes)
+            if n < 2 or prompts:
+                raise ServerError(OUT_OF_MEMORY, "The device ran out of memory for this image even one person at a "
+                                  "time; use a smaller image, --device cpu, or free GPU memory.") from exc
+        release_cached_memory()
+        log.warning("out of memory with %d people: retrying in two batches", n)
+        half = n // 2
+        parts = [self._infer_in_batches(image, boxes[sl], None if masks is None else masks[sl], cam_int, mode, None)
+                 for sl in (slice(0, half), slice(half, n))]
+        return {k: (parts[0][k] if k == "cam_int" else np.concatenate([p[k] for p in parts])) for k in parts[0]}
+
+
+@dataclass
+class _WorkImage:
+    image: np.ndarray
+    cam_int: np.ndarray
+    scale: float
+    boxes: np.ndarray | None
+    masks: Any
+    prompts: list | None
+
+
+def _downscale(image: np.ndarray, cam_int: np.ndarray, request: ReconstructRequest, max_side: int) -> _WorkImage:
+    """Very large photos are processed at `max_side` pixels on the long side. The crop is
+    512 px anyway; scaling K with the image keeps every camera ray, so the 3D result is the same
+    and 2D outputs are mapped back to the photo's pixels (`_upscale_outputs`)."""
+    import cv2
+
+    boxes = None if request.boxes is None else np.asarray(request.boxes, np.float32).reshape(-1, 4)
+    prompts = [tuple(p) for p in request.prompts] or None
+    height, width = image.shape[:2]
+    if max(height, width) <= max_side:
+        return _WorkImage(image, cam_int, 1.0, boxes, request.masks, prompts)
+    s = max_side / max(height, width)
+    size = (max(1, round(width * s)), max(1, round(height * s)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    k = np.asarray(cam_int, np.float64).reshape(3, 3).copy()
+    k[:2] *= s
+    masks = None if request.masks is None else [
+        cv2.resize(np.asarray(m).squeeze(), size, interpolation=cv2.INTER_NEAREST) for m in request.masks]
+    if prompts:
+        prompts = [(p[0] * s, p[1] * s, *p[2:]) for p in prompts]
+    return _WorkImage(small, k.astype(np.float32), s, None if boxes is None else boxes * s, masks, prompts)
+
+
+_PIXEL_KEYS = ("pred_keypoints_2d", "bbox", "lhand_bbox", "rhand_bbox", "focal_length")
+
+
+def _upscale_outputs(out: dict[str, np.ndarray], scale: float, cam_int: np.ndarray, masks: Any) -> dict[str, np.ndarray]:
+    if scale == 1.0:
+        return out
+    out = dict(out)
+    for key in _PIXEL_KEYS:
+        if key in out:
+            out[key] = (np.asarray(out[key]) / scale).astype(np.asarray(out[key]).dtype)
+    out["cam_int"] = np.asarray(cam_int, np.float32).reshape(3, 3)
+    if "mask" in out and masks is not None:
+        out["mask"] = np.stack([np.asarray(m, np.uint8).reshape(*np.asarray(m).shape[:2], 1) for m in masks])
+    return out
 
 
 def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str | None = None,

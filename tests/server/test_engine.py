@@ -82,3 +82,53 @@ def test_wrong_variant_config_is_refused(parity_dir: Path, tmp_path: Path) -> No
     with pytest.raises(ServerError, match="does not match") as e:
         load_engine(checkpoint=str(d), device="cpu", cache_dir=str(tmp_path / "c"))
     assert "dinov3 vs vith" in e.value.message
+
+
+def test_large_photo_is_processed_downscaled_with_its_intrinsics(engine, astronaut) -> None:
+    box = np.array([[20, 10, 370, 512]], np.float32)
+    engine.max_work_side = 256
+    try:
+        res = engine.reconstruct(ReconstructRequest(image=astronaut, boxes=box, mode="body"))
+    finally:
+        engine.max_work_side = type(engine).max_work_side
+    h, w = astronaut.shape[:2]
+    assert tuple(res["image_size"]) == (w, h)
+    np.testing.assert_allclose(res["bbox"], box, atol=1e-3)  # reported in the photo's pixels
+    k = res["cam_int"]
+    assert k[0, 0] == pytest.approx(np.hypot(w, h)) and k[0, 2] == pytest.approx(w / 2)
+    # body mode projects with the full K: the 2D keypoints are the 3D ones seen through the
+    # photo's own intrinsics, so the downscaled run is consistent at full resolution
+    p = res["pred_keypoints_3d"][0] + res["pred_cam_t"][0]
+    uv = p[:, :2] / p[:, 2:] * k[[0, 1], [0, 1]] + k[:2, 2]
+    np.testing.assert_allclose(res["pred_keypoints_2d"][0], uv, atol=0.05)
+
+
+def test_out_of_memory_retries_people_in_smaller_batches(engine, parity_dir: Path, monkeypatch) -> None:
+    from server.pipeline import estimator
+
+    image = load_image(str(parity_dir / "images" / "two_person.png"))[0]
+    boxes = np.array([[20, 10, 370, 512], [424, 150, 684, 480]], np.float32)
+    real = estimator.process_one_image
+    sizes: list[int] = []
+
+    def limited(model, img, boxes=None, **kw):
+        sizes.append(len(boxes))
+        if len(boxes) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, img, boxes=boxes, **kw)
+
+    monkeypatch.setattr(estimator, "process_one_image", limited)
+    res = engine.reconstruct(ReconstructRequest(image=image, boxes=boxes, mode="body"))
+    assert sizes == [2, 1, 1]
+    assert res["pred_vertices"].shape[0] == 2 and res["mhr_skel_state"].shape[0] == 2
+    monkeypatch.setattr(estimator, "process_one_image", real)
+    one = engine.reconstruct(ReconstructRequest(image=image, boxes=boxes[1:], mode="body"))
+    np.testing.assert_allclose(res["pred_vertices"][1], one["pred_vertices"][0], atol=1e-6)
+
+    def always(model, img, boxes=None, **kw):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(estimator, "process_one_image", always)
+    with pytest.raises(ServerError) as e:
+        engine.reconstruct(ReconstructRequest(image=image, boxes=boxes, mode="body"))
+    assert e.value.code == "out_of_memory"
