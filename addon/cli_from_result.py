@@ -53,7 +53,8 @@ def add_scene_options(parser: argparse.ArgumentParser) -> None:
 
 
 def check_outputs(args: argparse.Namespace) -> str | None:
-    """What is wrong with the output paths (suffix, existing folder), or None."""
+    """What is wrong with the output paths (suffix, folder), or None. Missing output folders
+    are created, as a user typing `--blend out/character.blend` expects."""
     for flag, path, suffix in (("--blend", args.blend, ".blend"), ("--fbx", args.fbx, ".fbx"),
                                ("--glb", args.glb, ".glb")):
         if not path:
@@ -61,8 +62,10 @@ def check_outputs(args: argparse.Namespace) -> str | None:
         if not path.lower().endswith(suffix):
             return f"{flag} must end in {suffix}, got {path}"
         folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            return f"the folder of {flag} does not exist: {folder}"
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            return f"cannot create the folder of {flag} ({folder}): {exc.strerror or exc}"
     return None
 
 

@@ -139,8 +139,9 @@ def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "image not found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     photo = write_photo(tmp_path / "p.png")
-    proc = run_cli(str(photo), "--blend", str(tmp_path / "nodir" / "o.blend"))
-    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    (tmp_path / "a_file").write_text("not a folder")
+    proc = run_cli(str(photo), "--blend", str(tmp_path / "a_file" / "o.blend"))
+    assert proc.returncode == 2 and "cannot create the folder of --blend" in proc.stderr
     proc = run_cli(str(photo), "--blend", str(tmp_path / "o.blend"), "--box", "5,5,1,1")
     assert proc.returncode == 2 and "x2 > x1" in proc.stderr
 

@@ -75,3 +75,9 @@ def test_addon_cli_from_result_needs_no_model(result_file: Path, tmp_path: Path)
     blend = tmp_path / "imported.blend"
     run(["-m", "addon.cli", "--from-result", str(result_file), "--blend", str(blend)], tmp_path)
     assert blend.stat().st_size > 100_000
+
+
+def test_addon_cli_creates_missing_output_folders(result_file: Path, tmp_path: Path) -> None:
+    blend = tmp_path / "new" / "folder" / "imported.blend"
+    run(["-m", "addon.cli", "--from-result", str(result_file), "--blend", str(blend)], tmp_path)
+    assert blend.is_file()
