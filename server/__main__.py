@@ -75,6 +75,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "official", "fp32", "fast"),
                         help="auto = fast on CUDA (fp16/bf16 where safe, MHR fp32), fp32 elsewhere; "
                              "official = Meta's fp16 semantics (docs/PRECISION.md)")
+    parser.add_argument("--detector", default="auto", metavar="auto|none|HF_ID|DIR",
+                        help="person detector for photos without --box (default: RT-DETR from the "
+                             "Hugging Face hub, loaded on first use; none: the whole photo is one person)")
     parser.add_argument("--engine", default=DEFAULT_ENGINE, metavar="MODULE:FACTORY",
                         help=argparse.SUPPRESS)  # alternative engines (test doubles)
 
@@ -151,6 +154,8 @@ def make_engine(factory: Callable[..., Any], args: argparse.Namespace) -> Any:
     kwargs: dict[str, Any] = {}
     if getattr(args, "precision", "auto") != "auto":  # test-double engines take no precision
         kwargs["precision"] = args.precision
+    if getattr(args, "detector", "auto") != "auto":
+        kwargs["detector"] = args.detector
     return factory(checkpoint=args.checkpoint, repo=args.repo, mhr=args.mhr, device=args.device, **kwargs)
 
 

@@ -69,7 +69,9 @@ class Engine:
         self.cfg = cfg
         self.files = files
         self.device = device
-        self.detector = detector
+        # A callable, or the hub id / folder of one to load on first use ("auto": the default).
+        self.detector: Any = None if detector in (None, "none") else detector
+        self.detector_error: str | None = None
         self._lock = threading.Lock()
         self._rig: dict[str, Any] | None = None
         self.info = {
@@ -114,13 +116,16 @@ class Engine:
             t0 = time.perf_counter()
             progress(0.05, "detecting" if request.boxes is None else "cropping")
             work = _downscale(image, cam_int, request, self.max_work_side)
-            boxes = work.boxes
-            if boxes is None and request.detect and self.detector is not None:
+            boxes, boxes_source = work.boxes, "user"
+            detect = self._detector() if boxes is None and request.detect else None
+            if boxes is None and detect is not None:
                 # Detect here rather than inside the pipeline so that an out-of-memory retry can
                 # split the people into smaller batches.
-                boxes = np.asarray(self.detector(work.image), dtype=np.float32).reshape(-1, 4)
+                boxes, boxes_source = np.asarray(detect(work.image), dtype=np.float32).reshape(-1, 4), "detector"
                 if len(boxes) == 0:
                     raise ServerError(NO_PERSON, "No person was found in the image; draw a box around the person and try again.")
+            elif boxes is None:
+                boxes_source = "full_image"
             out = self._infer_in_batches(work.image, boxes, work.masks, work.cam_int, request.mode, work.prompts)
             out = _upscale_outputs(out, work.scale, cam_int, request.masks)
             if cancelled():
@@ -139,9 +144,26 @@ class Engine:
         result["image_size"] = np.array([width, height], dtype=np.int32)
         result["intrinsics_source"] = np.array(source)
         result["mode"] = np.array(request.mode)
+        result["boxes_source"] = np.array(boxes_source)
         progress(1.0, "done")
         return result
 
+
+    def _detector(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The person detector, loaded on first use. If it cannot be loaded (offline and not
+        cached, say) the photo is treated as one person, like the official code without a
+        detector, and the reason is logged once and kept in `detector_error`."""
+        if self.detector is None or callable(self.detector):
+            return self.detector
+        from .pipeline.detector import DEFAULT_DETECTOR_ID, PersonDetector
+
+        name = DEFAULT_DETECTOR_ID if self.detector == "auto" else str(self.detector)
+        try:
+            self.detector = PersonDetector.from_pretrained(name, device=self.device)
+        except ServerError as exc:
+            self.detector, self.detector_error = None, exc.message
+            log.warning("person detection is off: %s Photos without a box are used whole.", exc.message)
+        return self.detector
 
     def _infer_in_batches(self, image: np.ndarray, boxes: np.ndarray | None, masks: Any, cam_int: np.ndarray,
                           mode: str, prompts: list | None) -> dict[str, np.ndarray]:
@@ -222,11 +244,14 @@ def _upscale_outputs(out: dict[str, np.ndarray], scale: float, cam_int: np.ndarr
 
 
 def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str | None = None,
-                device: str = "auto", detector: str | None = None,
+                device: str = "auto", detector: str | None = "auto",
                 cache_dir: str | None = None, precision: str | None = None) -> Engine:
     """Resolve, build, load (strictly) and move the model; raise ServerError on any problem.
 
-    `precision`: `official`, `fast` or `fp32` (server/precision.py); None: `fast` (= fp32 off CUDA)."""
+    `precision`: `official`, `fast` or `fp32` (server/precision.py); None: `fast` (= fp32 off CUDA).
+    `detector`: "auto" (the default RT-DETR, loaded on the first photo without a box), a hub id
+    or folder, or None/"none" (no detection: the whole image is one person, as the official
+    code does without a detector)."""
     from .models.build import build_sam3d_body
     from .precision import apply_precision, check_precision
 
@@ -245,11 +270,6 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
     model.to(dev).eval()
     dtypes = apply_precision(model, precision, dev)
     log.info("model %s loaded on %s in %.2f s (precision %s)", files.source, dev, time.perf_counter() - t0, dtypes)
-    det = None
-    if detector:
-        from .pipeline.detector import PersonDetector
-
-        det = PersonDetector.from_pretrained(detector, device=dev)
-    engine = Engine(model, cfg, files, dev, det)
+    engine = Engine(model, cfg, files, dev, detector=detector or None)
     engine.info.update(precision=precision, dtype=dtypes["backbone"])
     return engine

@@ -132,3 +132,25 @@ def test_out_of_memory_retries_people_in_smaller_batches(engine, parity_dir: Pat
     with pytest.raises(ServerError) as e:
         engine.reconstruct(ReconstructRequest(image=image, boxes=boxes, mode="body"))
     assert e.value.code == "out_of_memory"
+
+
+def test_photo_without_box_uses_the_detector_or_the_whole_image(engine, astronaut, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    saved = engine.detector
+    try:
+        engine.detector = "someone/uncached-detector"  # cannot load offline: whole image, logged
+        res = engine.reconstruct(ReconstructRequest(image=astronaut, mode="body"))
+        assert str(res["boxes_source"]) == "full_image"
+        h, w = astronaut.shape[:2]
+        np.testing.assert_allclose(res["bbox"], [[0, 0, w, h]])
+        assert engine.detector is None and "not in the local cache" in engine.detector_error
+        # A detector (any callable image -> xyxy boxes) gives one person per box.
+        engine.detector = lambda img: np.array([[20, 10, 370, 512], [100, 50, 300, 400]], np.float32)
+        res = engine.reconstruct(ReconstructRequest(image=astronaut, mode="body"))
+        assert str(res["boxes_source"]) == "detector" and res["pred_vertices"].shape[0] == 2
+        engine.detector = lambda img: np.zeros((0, 4), np.float32)
+        with pytest.raises(ServerError) as e:
+            engine.reconstruct(ReconstructRequest(image=astronaut, mode="body"))
+        assert e.value.code == "no_person"
+    finally:
+        engine.detector = saved
