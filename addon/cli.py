@@ -21,16 +21,15 @@ Errors are one line on stderr (the server's log tail follows when the server fai
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import queue
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from . import cli_from_result
+from . import cli_args, cli_from_result
 from .cli_from_result import (add_scene_options, apply_options, check_outputs,
                               leave_if_gltf_would_hang, new_scene, save_outputs)
 from .client import JobEvent, JobRunner, ServerProcess
@@ -50,38 +49,12 @@ class RunError(Exception):
         self.log_tail = log_tail
 
 
-def _floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
-    def parse(text: str) -> tuple[float, ...]:
-        try:
-            values = tuple(float(v) for v in text.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != count or not all(math.isfinite(v) for v in values):
-            raise argparse.ArgumentTypeError(
-                f"{what} needs {count} comma-separated numbers, got {text!r}")
-        return values
-    return parse
 
 
-def _box(text: str) -> tuple[float, ...]:
-    box = _floats(4, "--box x1,y1,x2,y2")(text)
-    if box[2] <= box[0] or box[3] <= box[1]:
-        raise argparse.ArgumentTypeError(f"--box {text!r}: need x2 > x1 and y2 > y1")
-    return box
 
 
-def _intrinsics(text: str) -> tuple[float, ...]:
-    values = _floats(4, "--intrinsics fx,fy,cx,cy")(text)
-    if values[0] <= 0 or values[1] <= 0:
-        raise argparse.ArgumentTypeError(f"--intrinsics {text!r}: focal lengths must be > 0")
-    return values
 
 
-def _prompt(text: str) -> tuple[float, float, int]:
-    x, y, label = _floats(3, "--prompt x,y,label")(text)
-    if not float(label).is_integer():
-        raise argparse.ArgumentTypeError(f"--prompt {text!r}: the label must be an integer")
-    return x, y, int(label)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,13 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Hugging Face repository id (default {DEFAULT_REPO})")
     parser.add_argument("--mhr", metavar="PATH", help="mhr_model.pt (default: the checkpoint's)")
     parser.add_argument("--mode", choices=("body", "full"), default="full")
-    parser.add_argument("--box", type=_box, action="append", default=[], metavar="x1,y1,x2,y2",
+    parser.add_argument("--box", type=cli_args.box, action="append", default=[], metavar="x1,y1,x2,y2",
                         help="person box in pixels (repeat for several people)")
     parser.add_argument("--mask", action="append", default=[], metavar="MASK.png",
                         help="person mask, one per --box in the same order")
-    parser.add_argument("--intrinsics", type=_intrinsics, metavar="fx,fy,cx,cy",
+    parser.add_argument("--intrinsics", type=cli_args.intrinsics, metavar="fx,fy,cx,cy",
                         help="camera intrinsics in pixels of the full image")
-    parser.add_argument("--prompt", type=_prompt, action="append", default=[],
+    parser.add_argument("--prompt", type=cli_args.prompt, action="append", default=[],
                         metavar="x,y,label",
                         help="keypoint prompt in image pixels (label: MHR-70 index or -1)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")

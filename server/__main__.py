@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from addon import cli_args
+
 DEFAULT_ENGINE = "server.engine:load_engine"
 log = logging.getLogger("server")
 
@@ -29,31 +31,10 @@ class UsageError(Exception):
 # Argument types
 
 
-def _floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
-    def parse(text: str) -> tuple[float, ...]:
-        try:
-            values = tuple(float(v) for v in text.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != count or not all(np.isfinite(values)):
-            raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, "
-                                             f"got {text!r}")
-        return values
-    return parse
 
 
-def _box(text: str) -> tuple[float, ...]:
-    box = _floats(4, "--box x1,y1,x2,y2")(text)
-    if box[2] <= box[0] or box[3] <= box[1]:
-        raise argparse.ArgumentTypeError(f"--box {text!r}: need x2 > x1 and y2 > y1")
-    return box
 
 
-def _prompt(text: str) -> tuple[float, float, int]:
-    x, y, label = _floats(3, "--prompt x,y,label")(text)
-    if not float(label).is_integer():
-        raise argparse.ArgumentTypeError(f"--prompt {text!r}: the label must be an integer")
-    return x, y, int(label)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -112,13 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG, ...)")
     rec.add_argument("--out", required=True, metavar="RESULT.npz", help="output .npz file")
     rec.add_argument("--mode", default="full", choices=("body", "full"))
-    rec.add_argument("--box", type=_box, action="append", default=[], metavar="x1,y1,x2,y2",
+    rec.add_argument("--box", type=cli_args.box, action="append", default=[], metavar="x1,y1,x2,y2",
                      help="person box in pixels (repeat for several people)")
     rec.add_argument("--mask", action="append", default=[], metavar="MASK.png",
                      help="person mask, one per --box in the same order")
-    rec.add_argument("--intrinsics", type=_floats(4, "--intrinsics fx,fy,cx,cy"),
+    rec.add_argument("--intrinsics", type=cli_args.intrinsics,
                      metavar="fx,fy,cx,cy", help="camera intrinsics in pixels")
-    rec.add_argument("--prompt", type=_prompt, action="append", default=[], metavar="x,y,label",
+    rec.add_argument("--prompt", type=cli_args.prompt, action="append", default=[], metavar="x,y,label",
                      help="keypoint prompt in image pixels (label: MHR-70 index or -1)")
     rec.add_argument("--connect", type=_address, metavar="HOST:PORT",
                      help="send the job to a running server (token from SAM3D_BODY_TOKEN)")

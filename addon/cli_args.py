@@ -1,0 +1,41 @@
+"""Argument types shared by `python -m addon.cli` and `python -m server` (stdlib only: the
+server imports it as `addon.cli_args`, like `addon.wire`)."""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+
+def floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
+    """An argparse type: `count` finite comma-separated numbers."""
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count or not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"{what} needs {count} comma-separated numbers, got {text!r}")
+        return values
+    return parse
+
+
+def box(text: str) -> tuple[float, ...]:
+    values = floats(4, "--box x1,y1,x2,y2")(text)
+    if values[2] <= values[0] or values[3] <= values[1]:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: need x2 > x1 and y2 > y1")
+    return values
+
+
+def intrinsics(text: str) -> tuple[float, ...]:
+    values = floats(4, "--intrinsics fx,fy,cx,cy")(text)
+    if values[0] <= 0 or values[1] <= 0:
+        raise argparse.ArgumentTypeError(f"--intrinsics {text!r}: focal lengths must be > 0")
+    return values
+
+
+def prompt(text: str) -> tuple[float, float, int]:
+    x, y, label = floats(3, "--prompt x,y,label")(text)
+    if not float(label).is_integer():
+        raise argparse.ArgumentTypeError(f"--prompt {text!r}: the label must be an integer")
+    return x, y, int(label)
