@@ -14,7 +14,7 @@ if [ ! -x "$VENV/bin/mypy" ]; then
     echo "creating $VENV" >&2
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-        "fake-bpy-module-4.2" "mypy" "numpy>=1.26,<2"
+        "fake-bpy-module-4.2==20260730" "mypy==2.4.1" "numpy==1.26.4"
 fi
 
 CONFIG="$(mktemp "${TMPDIR:-/tmp}/sam3d-mypy.XXXXXX.ini")"
