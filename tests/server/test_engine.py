@@ -154,3 +154,11 @@ def test_photo_without_box_uses_the_detector_or_the_whole_image(engine, astronau
         assert e.value.code == "no_person"
     finally:
         engine.detector = saved
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 1), (1, 300)])
+def test_degenerate_photos_are_refused_clearly(engine, size) -> None:
+    image = np.full((size[1], size[0], 3), 40, np.uint8)
+    with pytest.raises(ServerError, match="too small") as e:
+        engine.reconstruct(ReconstructRequest(image=image, mode="full"))
+    assert e.value.code == "bad_input"
