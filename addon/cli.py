@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", type=cli_args.prompt, action="append", default=[],
                         metavar="x,y,label",
                         help="keypoint prompt in image pixels (label: MHR-70 index or -1)")
+    parser.add_argument("--fit-prompts", action="store_true",
+                        help="after the prompted run, fit the pose so each prompted keypoint lands on "
+                        "its point, holding the other body keypoints (not part of the official pipeline)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
     parser.add_argument("--precision", choices=("auto", "official", "fp32", "fast"),
                         default="auto", help="model precision on the server (default: the "
@@ -104,6 +107,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--checkpoint folder not found: {args.checkpoint}")
     if args.mhr and not os.path.isfile(args.mhr):
         raise UsageError(f"--mhr file not found: {args.mhr}")
+    if args.fit_prompts and not args.prompt:
+        raise UsageError("--fit-prompts needs at least one --prompt x,y,label")
     for mask in args.mask:
         if not os.path.isfile(mask):
             raise UsageError(f"--mask file not found: {mask}")
@@ -224,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         request["intrinsics"] = list(args.intrinsics)
     if args.prompt:
         request["prompts"] = [list(p) for p in args.prompt]
+    if args.fit_prompts:
+        request["fit_prompts"] = True
 
     server = ServerProcess(
         args.python, checkpoint=args.checkpoint,

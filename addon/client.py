@@ -187,11 +187,14 @@ class Client:
                          mode: str = "full", intrinsics: Sequence[float] | None = None,
                          prompts: Sequence[Sequence[float]] | None = None,
                          exif_focal_35mm: float | None = None,
+                         fit_prompts: bool = False,
                          request_id: int | None = None) -> int:
         """Send a reconstruct request and return its id (then `wait_for` it).
 
         Give exactly one of ``image`` (RGB uint8 HxWx3), ``image_bytes`` (an encoded file) or
-        ``image_path`` (a file on the server's disk); ``masks`` need one box each."""
+        ``image_path`` (a file on the server's disk); ``masks`` need one box each.
+        ``fit_prompts``: after the prompted run, fit the pose so the prompted keypoints land on
+        their points (server/pipeline/keypoint_fit.py)."""
         fields: dict[str, Any] = {"mode": mode}
         arrays: dict[str, Any] = {}
         if image is not None:
@@ -210,6 +213,8 @@ class Client:
             fields["prompts"] = [[float(x), float(y), int(label)] for x, y, label in prompts]
         if exif_focal_35mm is not None:
             fields["exif_focal_35mm"] = float(exif_focal_35mm)
+        if fit_prompts:
+            fields["fit_prompts"] = True
         rid = self.next_id() if request_id is None else request_id
         self._send("reconstruct", rid, fields, arrays)
         return rid

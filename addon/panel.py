@@ -172,6 +172,7 @@ class SAM3D_PT_refine(_SettingsPanel):
         row = layout.row(align=True)
         row.operator("sam3d_body.add_markers", icon="EMPTY_AXIS")
         row.operator("sam3d_body.remove_markers", text="", icon="X")
+        layout.prop(settings, "refine_pin")
         layout.prop(settings, "refine_all_markers")
         header, body = sub_panel(layout, "sam3d_body_refine_advanced")
         header.label(text="Advanced")

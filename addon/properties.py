@@ -210,6 +210,13 @@ class SAM3D_PG_scene(bpy.types.PropertyGroup):
         default=False,
         description="Send every marker as a prompt, not only the ones you moved",
     )
+    refine_pin: BoolProperty(
+        name="Pin to Markers",
+        default=True,
+        description="After the model's prompted re-run, adjust the pose so each moved joint "
+        "lands on its marker while the other body joints stay where they are (off: the "
+        "model's answer only, which treats the markers as hints)",
+    )
     marker_distance: FloatProperty(
         name="Marker Distance",
         default=1.0,

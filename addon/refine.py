@@ -7,6 +7,9 @@ marker sits on its joint in the photo. The user drags markers (G in the camera v
 in the view plane); Refine sends the moved ones (or all) as prompts with the same photo, box
 and intrinsics, and the result poses the same armature in place: pose bones only (and the
 corrective shape key when there is one); rest pose, location and other objects stay.
+With Pin to Markers (the default) the server also fits the pose after the model's prompted run
+so the moved joints land on their markers (server/pipeline/keypoint_fit.py); without it the
+markers are only the model's hints.
 
 `builder.py` has no "update pose" entry point beyond `set_pose`, so the few bpy writes that are
 not the character's construction (marker empties, the corrective key's coordinates) are here.
@@ -132,7 +135,7 @@ def marker_pixels(marker_objs: list[bpy.types.Object], camera: bpy.types.Object,
 
 
 def refine_request(context: bpy.types.Context, arm: bpy.types.Object,
-                   send_all: bool) -> dict[str, Any]:
+                   send_all: bool, pin: bool = True) -> dict[str, Any]:
     """The reconstruct request for Refine; InputError says what is missing."""
     path = str(_get(arm, PROP_IMAGE, ""))
     if not path or not os.path.isfile(path):
@@ -158,6 +161,7 @@ def refine_request(context: bpy.types.Context, arm: bpy.types.Object,
         "mode": str(_get(arm, PROP_MODE, "full")),
         "intrinsics": cam_int.tolist(),
         "prompts": prompts,
+        "fit_prompts": bool(pin),
     }
     if _has(arm, PROP_BBOX):
         request["boxes"] = np.asarray([list(arm[PROP_BBOX])], dtype=np.float32)
@@ -295,7 +299,8 @@ class SAM3D_OT_refine(JobOperator, bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> OperatorResult:
         try:
             arm = target_armature(context)
-            request = refine_request(context, arm, scene_settings(context).refine_all_markers)
+            settings = scene_settings(context)
+            request = refine_request(context, arm, settings.refine_all_markers, settings.refine_pin)
             submit_job(context, request, request["image_path"], {}, kind="refine",
                        target=arm.name)
         except InputError as exc:

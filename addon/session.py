@@ -15,7 +15,7 @@ import os
 import queue
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import bpy
 
@@ -371,8 +371,16 @@ def _apply_refine(context: bpy.types.Context, pending: PendingReconstruct) -> No
     except (ValueError, KeyError, RuntimeError) as exc:
         _fail(context, f"Could not refine the pose: {exc}")
         return
-    live.message = f"Refined {arm.name}"
+    live.message = f"Refined {arm.name}{refine_summary(pending.result)}"
     _undo_push(UNDO_REFINE)
+
+
+def refine_summary(result: Mapping[str, Any]) -> str:
+    """How far the pinned joints ended from their markers, for the status line ("" unpinned)."""
+    after = result.get("fit_error_after_px")
+    if after is None or len(after) == 0:
+        return ""
+    return f": {len(after)} joint(s) within {float(max(after)):.1f} px of their markers"
 
 
 def drain_events(context: bpy.types.Context) -> bool:

@@ -148,6 +148,10 @@ def _check_positive(value: Any) -> str | None:
     return None if _is_number(value) and value > 0 else "must be a positive number"
 
 
+def _check_bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
 def _check_mode(value: Any) -> str | None:
     return None if value in ("body", "full") else "must be 'body' or 'full'"
 
@@ -216,6 +220,7 @@ SCHEMAS: dict[str, Schema] = {
         optional={
             "mode": _check_mode, "image_path": _check_str, "intrinsics": _check_intrinsics,
             "prompts": _check_prompts, "exif_focal_35mm": _check_positive,
+            "fit_prompts": _check_bool,
         },
         arrays={
             "image": ArraySpec(frozenset({"u1"}), (None, None, 3)),

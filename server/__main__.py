@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="fx,fy,cx,cy", help="camera intrinsics in pixels")
     rec.add_argument("--prompt", type=cli_args.prompt, action="append", default=[], metavar="x,y,label",
                      help="keypoint prompt in image pixels (label: MHR-70 index or -1)")
+    rec.add_argument("--fit-prompts", action="store_true",
+                     help="after the prompted run, fit the pose so each prompted keypoint lands on "
+                     "its point, holding the other body keypoints (not part of the official pipeline)")
     rec.add_argument("--connect", type=_address, metavar="HOST:PORT",
                      help="send the job to a running server (token from SAM3D_BODY_TOKEN)")
     rec.add_argument("--tls-ca", metavar="CA.pem",
@@ -242,6 +245,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         raise UsageError(f"image {args.image!r} does not exist")
     if (args.tls_ca or args.tls_pin) and not args.connect:
         raise UsageError("--tls-ca/--tls-pin need --connect")
+    if args.fit_prompts and not args.prompt:
+        raise UsageError("--fit-prompts needs at least one --prompt x,y,label")
     if args.mask and len(args.mask) != len(args.box):
         raise UsageError(f"give one --mask per --box ({len(args.mask)} masks, "
                          f"{len(args.box)} boxes)")
@@ -262,6 +267,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             fields["intrinsics"] = list(args.intrinsics)
         if args.prompt:
             fields["prompts"] = [list(p) for p in args.prompt]
+        if args.fit_prompts:
+            fields["fit_prompts"] = True
         arrays: dict[str, np.ndarray] = {}
         if boxes is not None:
             arrays["boxes"] = boxes
@@ -299,7 +306,7 @@ def _reconstruct_remote(args: argparse.Namespace, image_path: Path, boxes: np.nd
     with Client(host, port, token, tls=tls) as client:
         result = client.reconstruct(
             image_bytes=image_path.read_bytes(), boxes=boxes, masks=masks, mode=args.mode,
-            intrinsics=args.intrinsics, prompts=args.prompt or None,
+            intrinsics=args.intrinsics, prompts=args.prompt or None, fit_prompts=args.fit_prompts,
             progress=lambda f, m: log.info("%3.0f%% %s", 100 * f, m))
         return result, client.rig()
 

@@ -37,6 +37,7 @@ class ReconstructRequest:
     prompts: Sequence[tuple[float, float, int]] = field(default_factory=list)  # x, y px, label
     exif_focal_35mm: float | None = None
     detect: bool = True  # run the person detector when no box is given (if one is configured)
+    fit_prompts: bool = False  # fit the pose to the prompts after the prompted run (ours, not official)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -126,7 +127,8 @@ class Engine:
                     raise ServerError(NO_PERSON, "No person was found in the image; draw a box around the person and try again.")
             elif boxes is None:
                 boxes_source = "full_image"
-            out = self._infer_in_batches(work.image, boxes, work.masks, work.cam_int, request.mode, work.prompts)
+            out = self._infer_in_batches(work.image, boxes, work.masks, work.cam_int, request.mode, work.prompts,
+                                         request.fit_prompts)
             out = _upscale_outputs(out, work.scale, cam_int, request.masks)
             if cancelled():
                 raise ServerError(CANCELLED, "The reconstruction was cancelled.")
@@ -166,7 +168,7 @@ class Engine:
         return self.detector
 
     def _infer_in_batches(self, image: np.ndarray, boxes: np.ndarray | None, masks: Any, cam_int: np.ndarray,
-                          mode: str, prompts: list | None) -> dict[str, np.ndarray]:
+                          mode: str, prompts: list | None, fit_prompts: bool = False) -> dict[str, np.ndarray]:
         """`process_one_image`; when the device runs out of memory with several people, the
         people are split in halves (down to one per batch) instead of failing the request.
 
@@ -178,7 +180,8 @@ class Engine:
 
         try:
             return process_one_image(self.model, image, boxes=boxes, masks=masks, cam_int=cam_int,
-                                     inference_type=mode, prompts=prompts, detector=None)
+                                     inference_type=mode, prompts=prompts, detector=None,
+                                     fit_prompts=fit_prompts)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
             if not is_out_of_memory(exc):
                 raise
@@ -227,7 +230,8 @@ def _downscale(image: np.ndarray, cam_int: np.ndarray, request: ReconstructReque
     return _WorkImage(small, k.astype(np.float32), s, None if boxes is None else boxes * s, masks, prompts)
 
 
-_PIXEL_KEYS = ("pred_keypoints_2d", "bbox", "lhand_bbox", "rhand_bbox", "focal_length")
+_PIXEL_KEYS = ("pred_keypoints_2d", "bbox", "lhand_bbox", "rhand_bbox", "focal_length",
+               "fit_error_before_px", "fit_error_after_px")
 
 
 def _upscale_outputs(out: dict[str, np.ndarray], scale: float, cam_int: np.ndarray, masks: Any) -> dict[str, np.ndarray]:

@@ -500,6 +500,7 @@ def build_request(request_type: Callable[..., Any], fields: Mapping[str, Any],
         intrinsics=tuple(float(v) for v in intrinsics) if intrinsics else None,
         prompts=[(float(x), float(y), int(label)) for x, y, label in fields.get("prompts", [])],
         exif_focal_35mm=exif_focal,
+        fit_prompts=bool(fields.get("fit_prompts", False)),
     )
 
 

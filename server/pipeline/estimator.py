@@ -149,21 +149,16 @@ def _parse_prompts(prompts: Sequence[Sequence[float]], n_persons: int, width: in
     return parsed
 
 
-def prompts_to_crop(prompts: Sequence[Sequence[float]], batch: dict[str, torch.Tensor],
-                    boxes: np.ndarray, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-image pixel prompts -> per-person body-crop prompts.
-
-    Returns `(keypoint_prompt (N, K, 3), prompted (N,) bool)` with (x, y) in [0, 1] of each
-    person's 512 crop (the coordinates `run_keypoint_prompt` takes) and the label; persons with
-    fewer than K prompts are padded with dummy prompts (0, 0, -2), the official padding. A prompt
-    without a person index goes to the person whose crop holds it (ties: the box that contains
-    it, then the nearest box centre).
-    """
+def assign_prompts(prompts: Sequence[Sequence[float]], batch: dict[str, torch.Tensor],
+                   boxes: np.ndarray, width: int, height: int) -> list[tuple[float, float, int, int]]:
+    """Validated full-image prompts as (x, y, label, person). A prompt without a person index
+    goes to the person whose crop holds it (ties: the box that contains it, then the nearest box
+    centre)."""
     n = boxes.shape[0]
     parsed = _parse_prompts(prompts, n, width, height)
     affine = batch["affine_trans"][0].double().cpu().numpy()  # (N, 2, 3)
     crop = float(batch["img_size"][0, 0, 0])
-    per_person: list[list[tuple[float, float, int]]] = [[] for _ in range(n)]
+    assigned = []
     for i, (x, y, label, person) in enumerate(parsed):
         uv = affine @ np.array([x, y, 1.0]) / crop  # (N, 2)
         inside = np.all((uv >= 0) & (uv <= 1), axis=1)
@@ -178,6 +173,25 @@ def prompts_to_crop(prompts: Sequence[Sequence[float]], batch: dict[str, torch.T
             person = int(candidates[np.lexsort((dist, ~in_box))[0]])
         elif not inside[person]:
             raise ServerError(BAD_INPUT, f"Prompt {i} at ({x:g}, {y:g}) lies outside the crop of person {person}.")
+        assigned.append((x, y, label, person))
+    return assigned
+
+
+def prompts_to_crop(prompts: Sequence[Sequence[float]], batch: dict[str, torch.Tensor],
+                    boxes: np.ndarray, width: int, height: int,
+                    assigned: list[tuple[float, float, int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-image pixel prompts -> per-person body-crop prompts.
+
+    Returns `(keypoint_prompt (N, K, 3), prompted (N,) bool)` with (x, y) in [0, 1] of each
+    person's 512 crop (the coordinates `run_keypoint_prompt` takes) and the label; persons with
+    fewer than K prompts are padded with dummy prompts (0, 0, -2), the official padding. Persons
+    are assigned by `assign_prompts` (pass its result as `assigned` to skip doing it twice).
+    """
+    n = boxes.shape[0]
+    if assigned is None:
+        assigned = assign_prompts(prompts, batch, boxes, width, height)
+    per_person: list[list[tuple[float, float, int]]] = [[] for _ in range(n)]
+    for x, y, label, person in assigned:
         # Crop coordinates in float32 like the official prompts: ([x, y, 1] @ Aᵀ) / 512.
         a = batch["affine_trans"][0, person].float()
         pt = torch.tensor([x, y, 1.0], dtype=torch.float32) @ a.T / batch["img_size"][0, person].float()
@@ -221,7 +235,7 @@ def process_one_image(model: torch.nn.Module, img_rgb: np.ndarray, boxes: Any = 
                       cam_int: Any = None, inference_type: str = "full",
                       prompts: Sequence[Sequence[float]] | None = None,
                       detector: Callable[[np.ndarray], np.ndarray] | None = None,
-                      return_info: bool = False) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict]:
+                      return_info: bool = False, fit_prompts: bool = False) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict]:
     """Reconstruct every person of one image (official `process_one_image`, stacked outputs).
 
     Args:
@@ -235,6 +249,9 @@ def process_one_image(model: torch.nn.Module, img_rgb: np.ndarray, boxes: Any = 
             or -1; applied with `run_keypoint_prompt` after the body pass (see inference.py).
         detector: callable RGB image -> (K, 4) xyxy person boxes, used when `boxes` is None.
         return_info: also return the branch info of full mode (hand checks, prompts, IK).
+        fit_prompts: after the prompted run, fit each prompted person's pose so its prompted
+            keypoints land on their points (keypoint_fit.py; not part of the official pipeline).
+            Adds `fit_*` arrays and reprojects that person's `pred_keypoints_2d` through K.
 
     Returns:
         dict of stacked numpy arrays: the official keys (`bbox`, `focal_length`,
@@ -266,8 +283,10 @@ def process_one_image(model: torch.nn.Module, img_rgb: np.ndarray, boxes: Any = 
     with stage("crop"):
         batch = prepare_batch(img, box_arr, masks=mask_arr, cam_int=cam)
         keypoint_prompt = prompted = None
+        assigned: list[tuple[float, float, int, int]] = []
         if prompts is not None and len(prompts) > 0:
-            keypoint_prompt, prompted = prompts_to_crop(prompts, batch, box_arr, width, height)
+            assigned = assign_prompts(prompts, batch, box_arr, width, height)
+            keypoint_prompt, prompted = prompts_to_crop(prompts, batch, box_arr, width, height, assigned)
         batch = to_device(batch, device)
     if hasattr(model, "_initialize_batch"):
         model._initialize_batch(batch)
@@ -284,4 +303,10 @@ def process_one_image(model: torch.nn.Module, img_rgb: np.ndarray, boxes: Any = 
         out["lhand_bbox"] = _hand_boxes(batch_lhand)
         out["rhand_bbox"] = _hand_boxes(batch_rhand)
     out["cam_int"] = batch["cam_int"][0].cpu().numpy().astype(np.float32)
+    if fit_prompts and assigned:
+        from server.pipeline.keypoint_fit import fit_outputs
+
+        with stage("fit"):
+            report = fit_outputs(model, out, assigned, out["cam_int"])
+        out.update(report.as_arrays())
     return (out, info) if return_info else out

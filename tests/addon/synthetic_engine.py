@@ -116,6 +116,7 @@ class ReconstructRequest:
     prompts: Sequence[tuple[float, float, int]] = field(default_factory=list)
     exif_focal_35mm: float | None = None
     detect: bool = True
+    fit_prompts: bool = False
 
 
 class SyntheticEngine:

@@ -119,6 +119,14 @@ def evaluated_vertices(context, arm) -> np.ndarray:
     return co.reshape(-1, 3).astype(np.float64)
 
 
+def client_result(runner, request: dict) -> dict:
+    client = runner.server.client(timeout=60.0)
+    try:
+        return client.reconstruct(**request, timeout=60.0)
+    finally:
+        client.close()
+
+
 def test_refine_moves_markers_to_prompts_and_poses_in_place(context) -> None:
     import bpy
     from bpy_extras.object_utils import world_to_camera_view
@@ -180,6 +188,7 @@ def test_refine_moves_markers_to_prompts_and_poses_in_place(context) -> None:
     (prompt,) = request["prompts"]
     np.testing.assert_allclose(prompt[:2], target, atol=0.05)
     assert prompt[2] == RIGHT_WRIST
+    assert request["fit_prompts"] is True  # Pin to Markers is on by default
     assert request["boxes"].shape == (1, 4) and len(request["intrinsics"]) == 4
     # The same armature changed pose only: rest, location and other objects stay.
     assert [o for o in bpy.data.objects if o.type == "ARMATURE"] == [arm]
@@ -189,7 +198,14 @@ def test_refine_moves_markers_to_prompts_and_poses_in_place(context) -> None:
     assert tuple(bystander.location) == (1.0, 2.0, 3.0)
     assert np.abs(pose_array(arm) - pose).max() > 1e-5
     refined = np.asarray(list(arm[session.PROP_KEYPOINTS])).reshape(70, 2)
-    assert np.abs(refined - predicted).max() > 1e-4
+    # The pose moved the way the marker was dragged: the wrist is now on its marker (40 px to
+    # the right of where it was) and the other body joints stayed within a few pixels.
+    moved = refined[RIGHT_WRIST] - predicted[RIGHT_WRIST]
+    assert np.linalg.norm(refined[RIGHT_WRIST] - target) < 1.0, moved
+    assert moved[0] > 38.0 and abs(moved[1]) < 2.0, moved
+    others = [k for k in kp.MARKER_KEYPOINTS if k != RIGHT_WRIST]
+    assert np.abs(refined[others] - predicted[others]).max() < 5.0
+    assert "within" in context.window_manager.sam3d_body_status.message
 
     # The prompt is what changed the answer: the same request without it reproduces the
     # unprompted keypoints of that request, and differs from the prompted ones.
@@ -203,6 +219,12 @@ def test_refine_moves_markers_to_prompts_and_poses_in_place(context) -> None:
     with_prompt = prompted["pred_keypoints_2d"][0]
     np.testing.assert_allclose(with_prompt, refined, atol=1e-3)
     assert np.abs(with_prompt - without).max() > 1e-4
+    # Unpinned, the random fixture weights treat the prompt as a small, undirected hint: the
+    # pin is what brings the wrist onto the marker.
+    hint = client_result(runner, dict(request, fit_prompts=False))["pred_keypoints_2d"][0]
+    assert np.linalg.norm(hint[RIGHT_WRIST] - target) > 10.0
+    np.testing.assert_allclose(prompted["fit_error_after_px"], [np.linalg.norm(with_prompt[RIGHT_WRIST] - target)],
+                               atol=0.05)
     # The rig in place shows the refined surface (pose + refitted correctives).
     from addon.rig.axes import mhr_to_blender_points
 

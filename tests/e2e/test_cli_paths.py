@@ -62,6 +62,19 @@ def test_reconstruct_with_keypoint_prompts_matches_case_06(ckpt: str, parity_dir
     res = np.load(out)
     np.testing.assert_allclose(res["pred_vertices"][0], ref["pred_vertices"][0], atol=1e-5)
     np.testing.assert_allclose(res["pred_cam_t"][0], ref["pred_cam_t"][0], atol=1e-5)
+    assert "fit_error_after_px" not in res.files  # the official answer unless a fit is asked for
+
+    # --fit-prompts pins every prompted keypoint onto its point.
+    pinned_out = tmp_path / "pinned.npz"
+    run(["-m", "server", "reconstruct", str(parity_dir / "images" / "astronaut.png"), "--checkpoint", ckpt,
+         "--box", "20,10,370,512", "--mode", "body", "--device", "cpu", *prompts, "--fit-prompts",
+         "--out", str(pinned_out)], tmp_path)
+    pinned = np.load(pinned_out)
+    valid = labels >= 0
+    np.testing.assert_array_equal(pinned["fit_prompt_label"], labels[valid])
+    assert np.all(pinned["fit_error_after_px"] < pinned["fit_error_before_px"])
+    reached = np.linalg.norm(pinned["pred_keypoints_2d"][0, labels[valid]] - xy[valid], axis=1)
+    np.testing.assert_allclose(reached, pinned["fit_error_after_px"], atol=0.05)
 
 
 def test_addon_cli_photo_to_blend_and_fbx(ckpt: str, parity_dir: Path, tmp_path: Path) -> None:

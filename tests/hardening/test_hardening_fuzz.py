@@ -41,7 +41,7 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                            max_leaves=12)
 dtype_names = st.sampled_from([*wire.DTYPES, "str", "O", "<f8", "V8", "c16", "", "u16"])
-field_names = st.sampled_from(["mode", "image_path", "intrinsics", "prompts", "exif_focal_35mm",
+field_names = st.sampled_from(["mode", "image_path", "intrinsics", "prompts", "exif_focal_35mm", "fit_prompts",
                                "version", "token", "info", "client", "fraction", "message",
                                "code", "bogus"])
 message_types = st.sampled_from([*wire.MESSAGE_TYPES, "exec", "", "RESULT"])

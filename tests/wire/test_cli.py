@@ -96,6 +96,7 @@ def test_reconstruct_through_a_running_server_writes_the_same_file(photo, tmp_pa
     (["--box", "5,5,1,1"], "x2 > x1"),
     (["--intrinsics", "a,b,c,d"], "--intrinsics"),
     (["--prompt", "1,2,3.5"], "integer"),
+    (["--fit-prompts"], "needs at least one --prompt"),
     (["--mode", "hands"], "invalid choice"),
     (["--mask", "m.png"], "one --mask per --box"),
     (["--connect", "nohost"], "HOST:PORT"),

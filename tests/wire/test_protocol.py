@@ -149,6 +149,8 @@ def test_all_message_types_are_covered():
      "[fx, fy, cx, cy]"),
     ("reconstruct", 1, {"prompts": [[1, 2]]}, {"image": np.zeros((2, 2, 3), np.uint8)},
      "triples"),
+    ("reconstruct", 1, {"fit_prompts": "yes"}, {"image": np.zeros((2, 2, 3), np.uint8)},
+     "true or false"),
     ("reconstruct", 1, {}, {"image": np.zeros((2, 2, 3), np.uint8),
                             "masks": np.zeros((1, 2, 2), np.uint8)}, "one box per mask"),
     ("reconstruct", 1, {}, {"image": np.zeros((2, 2, 3), np.uint8),
