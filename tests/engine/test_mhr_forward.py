@@ -100,7 +100,7 @@ def test_closer_to_float64_truth_than_torchscript(models):
             + torch.einsum("nvd,bn->bvd", body64.expression_shapes, expression.double())
             + body64.pose_correctives(jp)
         )
-        skel = body64.forward_kinematics(body64.local_skeleton_state(jp, torch.float64))
+        skel = body64.forward_kinematics_by_level(body64.local_skeleton_state(jp, torch.float64))
         truth = body64.skin(skel, rest, torch.float64)
         ours = body(identity, params, expression, precision="float64")[0].double()
         theirs = ts(identity, params, expression)[0].double()
@@ -193,9 +193,25 @@ def test_bad_inputs_raise(models):
         body(np.zeros((1, 45)), torch.zeros(1, 204))
 
 
-def test_parents_must_precede_children():
-    from server.mhr.forward import fk_levels
+def test_pointer_jumping_fk_equals_level_by_level(models):
+    """Same chains, other association order, same quaternion signs. Not equal to float64
+    rounding: the stored float32 prerotations are unit only to ~1e-7, so rotating by a product
+    and rotating twice differ by that much of the offset length (1e-5 cm on 120 cm chains)."""
+    _, _, body = models
+    _, params, _ = _random_inputs(3, seed=5)
+    with torch.no_grad():
+        local = body.local_skeleton_state(body.joint_parameters(params * 3), torch.float64)
+        fast, ref = body.forward_kinematics(local), body.forward_kinematics_by_level(local)
+    assert float((fast[..., 3:] - ref[..., 3:]).abs().max()) < 1e-12  # rotations, scales
+    assert float((fast[..., :3] - ref[..., :3]).abs().max()) < 5e-5  # cm
+    assert len(body.jumps) == (len(body.levels) - 1).bit_length()  # 4 steps for 16 levels
 
+
+def test_parents_must_precede_children():
+    from server.mhr.forward import fk_jumps, fk_levels
+
+    assert fk_jumps([-1, 0, 1, 0]) == [[4, 0, 1, 0, 4], [4, 4, 0, 4, 4]]
+    assert fk_jumps([-1, -1]) == []
     assert fk_levels([-1, 0, 1, 0]) == [[0], [1, 3], [2]]
     with pytest.raises(ValueError, match="precede"):
         fk_levels([-1, 2, 0])
