@@ -45,6 +45,8 @@ def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=3, help="measured runs (default 3), median reported")
     bench.add_argument("--precision", default=None, choices=("official", "fast", "fp32"),
                        help="numeric precision (default: fast = fp32 off CUDA)")
+    bench.add_argument("--mhr-backend", default="torchscript", choices=("torchscript", "native"),
+                       help="MHR implementation (server.engine.use_mhr_backend)")
     bench.add_argument("--image", metavar="PATH",
                        help="person image tiled --persons times (default: the parity astronaut)")
     bench.add_argument("--cache-dir", metavar="DIR", help="safetensors cache of the checkpoint")
@@ -79,25 +81,27 @@ def bench_image(persons: int, image_path: str | None = None) -> tuple[np.ndarray
 
 def load_bench_engine(args: argparse.Namespace) -> Any:
     """The Engine to time: a checkpoint folder or the random full-size model."""
-    from server.engine import Engine, load_engine, pick_device
+    from server.engine import Engine, load_engine, pick_device, use_mhr_backend
     from server.precision import apply_precision, check_precision
 
     if args.checkpoint:
         return load_engine(checkpoint=args.checkpoint, mhr=args.mhr, device=args.device,
-                           cache_dir=args.cache_dir, precision=args.precision)
+                           cache_dir=args.cache_dir, precision=args.precision,
+                           mhr_backend=args.mhr_backend)
     from server.bench_model import DEFAULT_STANDIN, build_random_full_model
     from server.checkpoint import CheckpointFiles
 
     dev = pick_device(args.device)
     precision = check_precision(args.precision, dev)
     model, cfg = build_random_full_model(args.random_full, mhr_path=args.mhr)
+    use_mhr_backend(model, args.mhr_backend)
     model.to(dev).eval()
     dtypes = apply_precision(model, precision, dev)
     mhr = Path(args.mhr or DEFAULT_STANDIN)
     files = CheckpointFiles(checkpoint=Path("<random>"), config=Path("<generated>"), mhr=mhr,
                             source=f"random-full-{args.random_full}")
     engine = Engine(model, cfg, files, dev)
-    engine.info.update(precision=precision, dtype=dtypes["backbone"])
+    engine.info.update(precision=precision, dtype=dtypes["backbone"], mhr_backend=args.mhr_backend)
     return engine
 
 

@@ -162,3 +162,31 @@ def test_degenerate_photos_are_refused_clearly(engine, size) -> None:
     with pytest.raises(ServerError, match="too small") as e:
         engine.reconstruct(ReconstructRequest(image=image, mode="full"))
     assert e.value.code == "bad_input"
+
+
+def test_native_mhr_backend_matches_the_torchscript(engine, astronaut, parity_dir: Path, tmp_path: Path) -> None:
+    from server.mhr.forward import MHRBody
+
+    native = load_engine(checkpoint=str(parity_dir / "checkpoints" / "dinov3_tiny"), device="cpu",
+                         cache_dir=str(tmp_path), mhr_backend="native")
+    assert isinstance(native.model.head_pose.mhr, MHRBody)
+    assert native.model.head_pose_hand.mhr is native.model.head_pose.mhr
+    assert native.info["mhr_backend"] == "native" and engine.info["mhr_backend"] == "torchscript"
+    def checkpoint_keys(model) -> list[str]:  # the official checkpoints hold no MHR keys
+        return sorted(k for k in model.state_dict() if ".mhr." not in k)
+
+    assert checkpoint_keys(native.model) == checkpoint_keys(engine.model)
+    assert not [k for k in native.model.state_dict() if ".mhr." in k]
+    ref = np.load(parity_dir / "cases" / "02_dinov3_full_1p_hands_valid" / "outputs.npz")
+    box = np.array([[20, 10, 370, 512]], np.float32)
+    res = native.reconstruct(ReconstructRequest(image=astronaut, boxes=box))
+    for key in ("pred_vertices", "pred_keypoints_3d", "pred_joint_coords", "pred_cam_t"):
+        np.testing.assert_allclose(res[key], ref[key], atol=2e-6, err_msg=key)
+    np.testing.assert_allclose(res["pred_keypoints_2d"], ref["pred_keypoints_2d"], atol=1e-3)
+    ours, theirs = native.rig_data(), engine.rig_data()
+    assert sorted(ours) == sorted(theirs)
+    for key in ours:
+        np.testing.assert_array_equal(np.asarray(ours[key]), np.asarray(theirs[key]), err_msg=key)
+    with pytest.raises(ServerError, match="MHR backend"):
+        load_engine(checkpoint=str(parity_dir / "checkpoints" / "dinov3_tiny"), device="cpu",
+                    cache_dir=str(tmp_path), mhr_backend="onnx")
