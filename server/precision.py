@@ -7,7 +7,8 @@
   ViT-H with fp16 Linear/Conv weights and fp32 LayerNorm (the official `convert_to_fp16`),
   decoders, heads and MHR in fp32.
 * `fast`: weights stay fp32; the backbone and the decoder transformer layers run under
-  `torch.autocast` (fp16 on CUDA; LayerNorm, softmax and reductions stay fp32 under autocast).
+  `torch.autocast` (fp16 on CUDA; LayerNorm, softmax and reductions stay fp32 under autocast),
+  and ViT-H attention uses fused `scaled_dot_product_attention` (flash kernels on CUDA).
   The pose/camera heads, the rotation maths, the keypoint update and MHR are never autocast:
   they decode small differences of large numbers (Euler angles, FK) where half precision would
   visibly move the mesh. On devices other than CUDA `fast` is `fp32` (CPU half-precision
@@ -100,7 +101,18 @@ def apply_precision(model: nn.Module, precision: str, device: torch.device | str
         if autocast is not None:
             for module in modules:
                 _wrap_autocast(module, device.type, autocast)
+    _set_fused_attention(model.backbone, autocast is not None)
     return describe_precision(model, precision)
+
+
+def _set_fused_attention(backbone: nn.Module, on: bool) -> None:
+    """ViT-H attention through `scaled_dot_product_attention` when autocasting (DINOv3 always
+    uses it, as the official code does); off, the official written-out arithmetic."""
+    from server.models.backbones.vit import Attention
+
+    for module in backbone.modules():
+        if isinstance(module, Attention):
+            module.sdpa = on
 
 
 def describe_precision(model: nn.Module, precision: str) -> dict[str, str]:

@@ -93,6 +93,32 @@ def test_fast_autocast_dtype_is_reported_and_reversible(parity_dir: Path, cache:
     apply_precision(model, "fp32", "cpu")
 
 
+def test_fast_vith_uses_fused_attention_only_when_autocasting(parity_dir: Path, cache: Path) -> None:
+    from server.models.backbones.vit import Attention
+
+    engine = _engine(parity_dir, "vith_tiny", "fp32", cache)
+    model = engine.model
+    attention = [m for m in model.backbone.modules() if isinstance(m, Attention)]
+    assert attention and not any(m.sdpa for m in attention)
+    image = pc.image(CASE09)
+    ref = engine.reconstruct(ReconstructRequest(image=image, boxes=BOX, mode="body"))
+    apply_precision(model, "fast", "cpu", fast_dtype=torch.bfloat16)
+    assert all(m.sdpa for m in attention)
+    apply_precision(model, "fast", "cpu")  # no autocast off CUDA: plain fp32, official attention
+    assert not any(m.sdpa for m in attention)
+    # Fused and written-out attention agree to fp32 rounding on the same inputs.
+    x = torch.randn(2, 50, attention[0].qkv.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = attention[0](x)
+        attention[0].sdpa = True
+        fused = attention[0](x)
+        attention[0].sdpa = False
+    assert float((plain - fused).abs().max()) < 1e-5 * float(plain.abs().max())
+    apply_precision(model, "fp32", "cpu")
+    again = engine.reconstruct(ReconstructRequest(image=image, boxes=BOX, mode="body"))
+    np.testing.assert_array_equal(again["pred_vertices"], ref["pred_vertices"])
+
+
 def test_fp32_is_bit_identical_to_the_plain_model(parity_dir: Path, cache: Path) -> None:
     image = pc.image(CASE09)
     engine = _engine(parity_dir, "dinov3_tiny", "fp32", cache)

@@ -107,6 +107,9 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.flash_attn = flash_attn
+        # Set by precision `fast` while autocasting: fused attention (flash kernels on CUDA),
+        # which never materialises the (heads, N, N) score matrix.
+        self.sdpa = False
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 
@@ -116,6 +119,8 @@ class Attention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, N, D)
         if self.flash_attn:
             out = self._flash_attention(q, k, v)
+        elif self.sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
             # Written out (not SDPA) because that is the official arithmetic.
             attn = (q * self.scale) @ k.transpose(-2, -1)
