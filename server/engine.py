@@ -36,7 +36,8 @@ def use_mhr_backend(model: torch.nn.Module, backend: str) -> Any:
     forward from the same buffers (server/mhr/forward.py, no copy): float64 FK by pointer
     jumping, 4 composition steps instead of 15 tree levels, ~2.5x fewer tensor operations
     than before and ~20 % fewer than the TorchScript, 4.3 vs 6.4 ms per call on a 2-core CPU
-    (LOD1 stand-in); vertices within 1e-4 cm of the TorchScript's."""
+    (LOD1 stand-in); vertices within 1e-4 cm of the TorchScript's. Intermediate decoder layers
+    then skin only the vertices the 70 keypoints read (their meshes are never used)."""
     from .mhr.forward import MHRBody
 
     if backend not in MHR_BACKENDS:
@@ -51,6 +52,9 @@ def use_mhr_backend(model: torch.nn.Module, backend: str) -> Any:
         current if isinstance(current, MHRBody) else MHRBody.from_torchscript(source))
     for head in (model.head_pose, model.head_pose_hand):
         head.mhr = wanted
+        # Intermediate decoder layers only feed keypoints forward: with our MHR they skin just
+        # the vertices the keypoints read (the TorchScript can only do whole meshes).
+        head.intermediate_keypoints_only = backend == "native"
     for key in ("_keypoint_fit_model",):
         model.head_pose.__dict__.pop(key, None)
     return source

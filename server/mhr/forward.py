@@ -425,6 +425,26 @@ class MHRBody(nn.Module):
             verts = self.skin(skel64, rest, torch.float64)
         return verts.to(self.device, torch.float32), skel64.to(self.device, torch.float32)
 
+    def restricted_to(self, vertex_ids: torch.Tensor) -> "MHRBody":
+        """The same MHR restricted to `vertex_ids`: joints, parameters and correctives' hidden layer
+        unchanged, blend shapes / skinning / corrective outputs of those vertices only."""
+        remap = torch.full((self.num_vertices,), -1, dtype=torch.long, device=self.device)
+        remap[vertex_ids] = torch.arange(len(vertex_ids), device=self.device)
+        keep = remap[self.skin_vertices] >= 0
+        kwargs: dict = {}
+        if self.has_correctives:
+            dense = self.corrective_dense.reshape(self.num_vertices, 3, -1)[vertex_ids]
+            kwargs.update(corrective_indices=self.corrective_indices, corrective_weights=self.corrective_weights,
+                          corrective_hidden=self.corrective_hidden, corrective_dense=dense.reshape(-1, dense.shape[-1]))
+        return MHRBody(
+            joint_parents=self.joint_parents, joint_offsets=self.joint_offsets,
+            joint_prerotations=self.joint_prerotations, parameter_transform=self.parameter_transform,
+            inverse_bind_pose=self.inverse_bind_pose, skin_joints=self.skin_joints[keep],
+            skin_vertices=remap[self.skin_vertices[keep]], skin_weights=self.skin_weights[keep],
+            base_shape=self.base_shape[vertex_ids], identity_shapes=self.identity_shapes[:, vertex_ids],
+            expression_shapes=self.expression_shapes[:, vertex_ids],
+            faces=torch.zeros(0, 3, dtype=torch.int32), **kwargs)
+
     def rest_pose_parameters(self, model_params: torch.Tensor) -> torch.Tensor:
         """The same parameters with every pose parameter (0..135) zeroed, scales kept."""
         params = self._coeffs(model_params, NUM_MODEL_PARAMS, "model_params").clone()

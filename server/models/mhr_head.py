@@ -126,6 +126,9 @@ class MHRHead(nn.Module):
         self.mhr = mhr
         for param in self.mhr.parameters():
             param.requires_grad = False
+        # Set by the engine's `native` MHR backend: decoder layers whose output only feeds the
+        # keypoint-token update skin just the vertices the 70 keypoints read.
+        self.intermediate_keypoints_only = False
 
     # --- device / dtype handling of the MHR submodule -----------------------------------------
 
@@ -199,15 +202,38 @@ class MHRHead(nn.Module):
         full_pose_params[:, self.hand_joint_idxs_right] = right_params
         return full_pose_params
 
+    def _keypoint_subset(self) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        """(MHR restricted to the vertices keypoint_mapping[:70] reads, those vertex ids, the used
+        joint ids), rebuilt when the mapping or the MHR module changes."""
+        from server.mhr.forward import MHRBody
+
+        mapping = self.keypoint_mapping[:NUM_KEYPOINTS]
+        key = (id(self.mhr), self.mhr_device, mapping.data_ptr(), mapping._version)
+        cached = self.__dict__.get("_keypoint_subset_cache")
+        if cached is None or cached[0] != key:
+            if not isinstance(self.mhr, MHRBody):
+                raise ValueError("keypoint-only MHR needs the native MHR backend")
+            num_verts = int(self.mhr.num_vertices)
+            used = torch.nonzero(mapping.detach().abs().sum(0) > 0).flatten().to(self.mhr_device)
+            verts, joints = used[used < num_verts], used[used >= num_verts] - num_verts
+            cached = (key, (self.mhr.restricted_to(verts), used.to(mapping.device), joints))
+            self.__dict__["_keypoint_subset_cache"] = cached
+        return cached[1]
+
     def _run_mhr(self, shape: torch.Tensor, model_params: torch.Tensor, expr: Optional[torch.Tensor]):
+        return self._run_mhr_on(self.mhr, shape, model_params, expr)
+
+    def _run_mhr_on(self, mhr: nn.Module, shape: torch.Tensor, model_params: torch.Tensor,
+                    expr: Optional[torch.Tensor]):
         batch = model_params.shape[0]
         if expr is None:
             expr = torch.zeros(batch, self.num_face_comps, dtype=model_params.dtype, device=model_params.device)
         dev = self.mhr_device
-        verts, skel = self.mhr(
+        verts, skel = mhr(
             shape.to(dev, torch.float32), model_params.to(dev, torch.float32), expr.to(dev, torch.float32)
         )
         return verts.to(model_params.device), skel.to(model_params.device)
+
 
     # --- MHR forward with SAM 3D Body parameters ----------------------------------------------
 
@@ -227,6 +253,7 @@ class MHRHead(nn.Module):
         return_joint_rotations: bool = False,
         scale_offsets: Optional[torch.Tensor] = None,
         vertex_offsets: Optional[torch.Tensor] = None,
+        keypoints_only: bool = False,
     ) -> Any:
         """Official `mhr_forward`: returns vertices (B,V,3) m in MHR axes, then, in this order and
         only if asked, the 308 keypoints (m), joint coords (B,127,3) m, the 204 model parameters
@@ -235,6 +262,8 @@ class MHRHead(nn.Module):
         `global_trans` is in metres (×10 for MHR's 10 cm unit); `global_rot` is the ZYX Euler
         triple that the body head produces. `do_pcblend` and `vertex_offsets` are accepted and
         ignored, as in the official code.
+        `keypoints_only` (ours; native MHR only): skin only the vertices the first 70 keypoints
+        read; the vertices come back as None and only the first 70 keypoints are filled.
         """
         if self.enable_hand_model:
             # Wrist-centric prediction -> body frame; extrinsic "xyz" applied to the ZYX triple
@@ -262,14 +291,28 @@ class MHRHead(nn.Module):
         if self.enable_hand_model:
             model_params[:, self.nonhand_param_idxs] = 0
 
-        verts_cm, skel = self._run_mhr(shape_params, model_params, expr_params)
+        if keypoints_only:
+            subset, used, used_joints = self._keypoint_subset()
+            verts_cm, skel = self._run_mhr_on(subset, shape_params, model_params, expr_params)
+        else:
+            verts_cm, skel = self._run_mhr(shape_params, model_params, expr_params)
         joint_coords_cm, joint_quats, _ = torch.split(skel, [3, 4, 1], dim=2)
         verts = verts_cm / 100
         joint_coords = joint_coords_cm / 100
         joint_rots = unitquat_to_rotmat(joint_quats)
 
-        out: list[torch.Tensor] = [verts]
-        if return_keypoints:
+        out: list[Any] = [None if keypoints_only else verts]
+        if return_keypoints and keypoints_only:
+            # `used` lists the subset's vertices first, then joints, as these points are ordered.
+            points = torch.cat([verts, joint_coords[:, used_joints.to(verts.device)]], dim=1)
+            keypoints = verts.new_zeros(verts.shape[0], NUM_KEYPOINTS_ALL, 3)
+            keypoints[:, :NUM_KEYPOINTS] = torch.einsum(
+                "kc,bcd->bkd", self.keypoint_mapping[:NUM_KEYPOINTS][:, used], points)
+            if self.enable_hand_model:
+                keypoints[:, : HAND_KEYPOINTS.start] = 0
+                keypoints[:, HAND_KEYPOINTS.stop :] = 0
+            out.append(keypoints)
+        elif return_keypoints:
             verts_joints = torch.cat([verts, joint_coords], dim=1)  # (B, V+127, 3)
             batch = verts_joints.shape[0]
             keypoints = (
@@ -297,16 +340,18 @@ class MHRHead(nn.Module):
         init_estimate: Optional[torch.Tensor] = None,
         do_pcblend: bool = True,
         slim_keypoints: bool = False,
+        keypoints_only: bool = False,
     ) -> dict[str, Any]:
-        """Pose token (B, C) (+ the (B|1, 519) residual base) -> the official output dict."""
+        """Pose token (B, C) (+ the (B|1, 519) residual base) -> the official output dict
+        (`keypoints_only`: see `mhr_forward`; `pred_vertices` is then None)."""
         if x.ndim != 2:
             raise ValueError(f"MHRHead expects a (B, C) pose token, got shape {tuple(x.shape)}")
         pred = self.proj(x)
         if init_estimate is not None:
             pred = pred + init_estimate
-        return self.decode(pred)
+        return self.decode(pred, keypoints_only=keypoints_only)
 
-    def decode(self, pred: torch.Tensor) -> dict[str, Any]:
+    def decode(self, pred: torch.Tensor, keypoints_only: bool = False) -> dict[str, Any]:
         """Decode 519-d predictions (B, 519) and run MHR (official forward after `proj`)."""
         if pred.ndim != 2 or pred.shape[1] != self.npose:
             raise ValueError(f"MHRHead.decode expects (B, {self.npose}), got {tuple(pred.shape)}")
@@ -342,10 +387,12 @@ class MHRHead(nn.Module):
             return_joint_coords=True,
             return_model_params=True,
             return_joint_rotations=True,
+            keypoints_only=keypoints_only,
         )
         j3d = j3d[:, :NUM_KEYPOINTS]
         # MHR (y up, z front) -> OpenCV camera axes; joint_global_rots stay in the MHR frame.
-        verts[..., [1, 2]] *= -1
+        if verts is not None:
+            verts[..., [1, 2]] *= -1
         j3d[..., [1, 2]] *= -1
         jcoords[..., [1, 2]] *= -1
 
@@ -359,7 +406,7 @@ class MHRHead(nn.Module):
             "hand": pred_hand,
             "face": pred_face,
             "pred_keypoints_3d": j3d.reshape(batch, -1, 3),
-            "pred_vertices": verts.reshape(batch, -1, 3),
+            "pred_vertices": None if verts is None else verts.reshape(batch, -1, 3),
             "pred_joint_coords": jcoords.reshape(batch, -1, 3),
             "faces": self._faces_numpy(),
             "joint_global_rots": joint_global_rots,

@@ -459,7 +459,9 @@ class SAM3DBody(nn.Module):
                                project_vertices: bool = True) -> dict:
         """Pose token (BN, D) -> head outputs (every layer is a residual on the learned init),
         camera projection and crop-normalised 2D keypoints."""
-        out = br.head_pose(pose_token, init_pose)
+        head = br.head_pose
+        out = head(pose_token, init_pose,
+                   keypoints_only=not project_vertices and head.intermediate_keypoints_only)
         out["pred_cam"] = br.head_camera(pose_token, init_camera)
         self._camera_project(br.head_camera, out, batch, project_vertices)
         out["pred_keypoints_2d_cropped"] = self._full_to_crop(batch, out["pred_keypoints_2d"])

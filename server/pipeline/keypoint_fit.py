@@ -88,27 +88,6 @@ class FitReport:
         }
 
 
-def _subset_body(body: MHRBody, vertex_ids: torch.Tensor) -> MHRBody:
-    """The same MHR restricted to `vertex_ids`: joints, parameters and correctives' hidden layer
-    unchanged, blend shapes / skinning / corrective outputs of those vertices only."""
-    remap = torch.full((body.num_vertices,), -1, dtype=torch.long, device=body.device)
-    remap[vertex_ids] = torch.arange(len(vertex_ids), device=body.device)
-    keep = remap[body.skin_vertices] >= 0
-    kwargs: dict[str, Any] = {}
-    if body.has_correctives:
-        dense = body.corrective_dense.reshape(body.num_vertices, 3, -1)[vertex_ids]
-        kwargs.update(corrective_indices=body.corrective_indices, corrective_weights=body.corrective_weights,
-                      corrective_hidden=body.corrective_hidden, corrective_dense=dense.reshape(-1, dense.shape[-1]))
-    return MHRBody(
-        joint_parents=body.joint_parents, joint_offsets=body.joint_offsets,
-        joint_prerotations=body.joint_prerotations, parameter_transform=body.parameter_transform,
-        inverse_bind_pose=body.inverse_bind_pose, skin_joints=body.skin_joints[keep],
-        skin_vertices=remap[body.skin_vertices[keep]], skin_weights=body.skin_weights[keep],
-        base_shape=body.base_shape[vertex_ids], identity_shapes=body.identity_shapes[:, vertex_ids],
-        expression_shapes=body.expression_shapes[:, vertex_ids],
-        faces=torch.zeros(0, 3, dtype=torch.int32), **kwargs)
-
-
 class KeypointModel:
     """Differentiable 70 keypoints (metres, OpenCV camera axes, model origin) of MHR parameters."""
 
@@ -122,7 +101,7 @@ class KeypointModel:
         used = torch.nonzero(mapping.abs().sum(0) > 0).flatten()
         self.vertex_ids = used[used < n_verts]
         self.joint_ids = used[used >= n_verts] - n_verts
-        self.body = _subset_body(body, self.vertex_ids)
+        self.body = body.restricted_to(self.vertex_ids)
         self.mapping = mapping[:, used].double()  # columns: used vertices, then used joints
 
     def keypoints(self, model_params: torch.Tensor, shape: torch.Tensor, expr: torch.Tensor) -> torch.Tensor:
