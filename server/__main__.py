@@ -56,10 +56,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "official", "fp32", "fast"),
                         help="auto = fast on CUDA (fp16/bf16 where safe, MHR fp32), fp32 elsewhere; "
                              "official = Meta's fp16 semantics (docs/PRECISION.md)")
-    parser.add_argument("--mhr-backend", default="torchscript", choices=("torchscript", "native"),
-                        help="torchscript = Meta's mhr_model.pt as shipped (default, the official "
-                             "numbers); native = our forward from its buffers (fewer GPU kernels, "
-                             "vertices within 1e-6 m)")
+    parser.add_argument("--mhr-backend", default="auto", choices=("auto", "torchscript", "native"),
+                        help="torchscript = Meta's mhr_model.pt as shipped (the official numbers); "
+                             "native = our forward from its buffers (fewer GPU kernels, vertices "
+                             "within 1e-6 m); auto = native with fast precision on CUDA, else "
+                             "torchscript")
     parser.add_argument("--detector", default="auto", metavar="auto|none|HF_ID|DIR",
                         help="person detector for photos without --box (default: RT-DETR from the "
                              "Hugging Face hub, loaded on first use; none: the whole photo is one person)")
@@ -144,7 +145,7 @@ def make_engine(factory: Callable[..., Any], args: argparse.Namespace) -> Any:
         kwargs["precision"] = args.precision
     if getattr(args, "detector", "auto") != "auto":
         kwargs["detector"] = args.detector
-    if getattr(args, "mhr_backend", "torchscript") != "torchscript":
+    if getattr(args, "mhr_backend", "auto") != "auto":
         kwargs["mhr_backend"] = args.mhr_backend
     return factory(checkpoint=args.checkpoint, repo=args.repo, mhr=args.mhr, device=args.device, **kwargs)
 

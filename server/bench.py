@@ -45,8 +45,8 @@ def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=3, help="measured runs (default 3), median reported")
     bench.add_argument("--precision", default=None, choices=("official", "fast", "fp32"),
                        help="numeric precision (default: fast = fp32 off CUDA)")
-    bench.add_argument("--mhr-backend", default="torchscript", choices=("torchscript", "native"),
-                       help="MHR implementation (server.engine.use_mhr_backend)")
+    bench.add_argument("--mhr-backend", default="auto", choices=("auto", "torchscript", "native"),
+                       help="MHR implementation (server.engine.resolve_mhr_backend)")
     bench.add_argument("--image", metavar="PATH",
                        help="person image tiled --persons times (default: the parity astronaut)")
     bench.add_argument("--cache-dir", metavar="DIR", help="safetensors cache of the checkpoint")
@@ -81,7 +81,7 @@ def bench_image(persons: int, image_path: str | None = None) -> tuple[np.ndarray
 
 def load_bench_engine(args: argparse.Namespace) -> Any:
     """The Engine to time: a checkpoint folder or the random full-size model."""
-    from server.engine import Engine, load_engine, pick_device, use_mhr_backend
+    from server.engine import Engine, load_engine, pick_device, resolve_mhr_backend, use_mhr_backend
     from server.precision import apply_precision, check_precision
 
     if args.checkpoint:
@@ -94,14 +94,15 @@ def load_bench_engine(args: argparse.Namespace) -> Any:
     dev = pick_device(args.device)
     precision = check_precision(args.precision, dev)
     model, cfg = build_random_full_model(args.random_full, mhr_path=args.mhr)
-    use_mhr_backend(model, args.mhr_backend)
+    backend = resolve_mhr_backend(args.mhr_backend, precision, dev)
+    use_mhr_backend(model, backend)
     model.to(dev).eval()
     dtypes = apply_precision(model, precision, dev)
     mhr = Path(args.mhr or DEFAULT_STANDIN)
     files = CheckpointFiles(checkpoint=Path("<random>"), config=Path("<generated>"), mhr=mhr,
                             source=f"random-full-{args.random_full}")
     engine = Engine(model, cfg, files, dev)
-    engine.info.update(precision=precision, dtype=dtypes["backbone"], mhr_backend=args.mhr_backend)
+    engine.info.update(precision=precision, dtype=dtypes["backbone"], mhr_backend=backend)
     return engine
 
 
@@ -207,7 +208,8 @@ def format_report(engine: Any, args: argparse.Namespace, result: dict[str, Any])
     stages = result["stages"]
     lines = [
         f"model      {engine.info['model']} ({engine.info['variant']})",
-        f"device     {engine.device}  precision {engine.info.get('precision')} (backbone {engine.info.get('dtype')})",
+        f"device     {engine.device}  precision {engine.info.get('precision')} (backbone {engine.info.get('dtype')})"
+        f"  MHR {engine.info.get('mhr_backend', 'torchscript')}",
         f"mode       {args.mode}, {args.persons} person(s), median of {args.repeat} warm run(s)",
         f"{'stage':<16}{'seconds':>10}{'calls':>7}",
     ]

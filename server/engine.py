@@ -28,6 +28,17 @@ PROTOCOL_MODEL_KEYS = ("model", "variant", "device", "dtype")
 MHR_BACKENDS = ("torchscript", "native")
 
 
+def resolve_mhr_backend(name: str, precision: str, device: torch.device) -> str:
+    """`auto`: `native` where `fast` already autocasts (CUDA; its fp16 moves vertices by
+    ~0.04 mm, far more than native MHR's < 0.001 mm), else Meta's TorchScript, so the CPU
+    default stays identical to the official code."""
+    if name != "auto":
+        return name
+    from .precision import fast_autocast_dtype
+
+    return "native" if precision == "fast" and fast_autocast_dtype(device) is not None else "torchscript"
+
+
 def use_mhr_backend(model: torch.nn.Module, backend: str) -> Any:
     """Make both pose heads run MHR with `backend`; returns the TorchScript module (RigData is
     read from it).
@@ -284,15 +295,15 @@ def _upscale_outputs(out: dict[str, np.ndarray], scale: float, cam_int: np.ndarr
 def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str | None = None,
                 device: str = "auto", detector: str | None = "auto",
                 cache_dir: str | None = None, precision: str | None = None,
-                mhr_backend: str = "torchscript") -> Engine:
+                mhr_backend: str = "auto") -> Engine:
     """Resolve, build, load (strictly) and move the model; raise ServerError on any problem.
 
     `precision`: `official`, `fast` or `fp32` (server/precision.py); None: `fast` (= fp32 off CUDA).
     `detector`: "auto" (the default RT-DETR, loaded on the first photo without a box), a hub id
     or folder, or None/"none" (no detection: the whole image is one person, as the official
     code does without a detector).
-    `mhr_backend`: `torchscript` (Meta's module, the official numbers) or `native` (our forward,
-    fewer tensor operations; see `use_mhr_backend`)."""
+    `mhr_backend`: `torchscript` (Meta's module, the official numbers), `native` (our forward,
+    fewer tensor operations; see `use_mhr_backend`) or `auto` (`resolve_mhr_backend`)."""
     from .models.build import build_sam3d_body
     from .precision import apply_precision, check_precision
 
@@ -305,6 +316,7 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
         raise ServerError(BAD_INPUT, str(exc)) from None
     t0 = time.perf_counter()
     model = build_sam3d_body(cfg, str(files.mhr))
+    mhr_backend = resolve_mhr_backend(mhr_backend, precision, dev)
     state = ckpt_mod.load_state_dict(files.checkpoint, cache_dir=ckpt_mod.default_cache_dir() if cache_dir is None else cache_dir)
     ckpt_mod.check_state_dict(model.state_dict(), state, source=str(files.checkpoint))
     model.load_state_dict(state, strict=False)

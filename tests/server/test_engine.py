@@ -187,6 +187,14 @@ def test_native_mhr_backend_matches_the_torchscript(engine, astronaut, parity_di
     assert sorted(ours) == sorted(theirs)
     for key in ours:
         np.testing.assert_array_equal(np.asarray(ours[key]), np.asarray(theirs[key]), err_msg=key)
+    import torch
+
+    from server.engine import resolve_mhr_backend
+
+    assert resolve_mhr_backend("auto", "fast", torch.device("cuda")) == "native"
+    for precision, device in (("fast", "cpu"), ("official", "cuda"), ("fp32", "cuda"), ("fast", "mps")):
+        assert resolve_mhr_backend("auto", precision, torch.device(device)) == "torchscript"
+    assert resolve_mhr_backend("native", "fp32", torch.device("cpu")) == "native"
     with pytest.raises(ServerError, match="MHR backend"):
         load_engine(checkpoint=str(parity_dir / "checkpoints" / "dinov3_tiny"), device="cpu",
                     cache_dir=str(tmp_path), mhr_backend="onnx")
