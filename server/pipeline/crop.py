@@ -24,7 +24,7 @@ PRIOR_ASPECT_RATIO = 0.75
 CROP_SIZE = 512
 # OpenCV 5's INTER_LINEAR warp is the kernel `warp_to_crop` reproduces (checked equal on 400
 # random warps, rotations and 1-channel masks included, with opencv-python-headless 5.0.0):
-# call it directly there (~0.7 ms instead of ~35 ms per 512x512 crop on one CPU core).
+# call it directly there (~0.7 ms instead of ~3-5 ms for the numpy kernel per 512x512 crop).
 _CV2_IS_V5 = cv2.__version__.split(".")[0] == "5"
 
 
@@ -115,41 +115,180 @@ def warp_to_crop(image: np.ndarray, warp: np.ndarray, crop_size: int = CROP_SIZE
     lerps, round half to even). OpenCV 4.x uses 1/32-pixel fixed-point weights instead and
     differs by up to 3 grey levels on ~5% of the pixels, so the kernel is reproduced here
     rather than depending on the installed OpenCV version. A (H, W, 1) or (H, W) input comes
-    back as (crop, crop), like cv2.
+    back as (crop, crop), like cv2. Images are uint8 (bool masks work too).
     """
     if _CV2_IS_V5:
         return cv2.warpAffine(image, np.asarray(warp, dtype=np.float64), (crop_size, crop_size),
                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if image.dtype not in (np.uint8, np.bool_):
+        # The fast lerps below rely on pixel values in 0..255 for their exactness.
+        raise TypeError(f"warp_to_crop takes uint8 images, got {image.dtype}.")
     img = image if image.ndim == 3 else image[:, :, None]
-    height, width, _ = img.shape
     m = np.array(_invert_affine(warp), dtype=np.float64).astype(np.float32)
     idx = np.arange(crop_size, dtype=np.float32)
     row_x = (idx * m[1]).astype(np.float32) + m[2]
     row_y = (idx * m[4]).astype(np.float32) + m[5]
-    sx = _fma32(np.float32(m[0]), idx[None, :], row_x[:, None])
-    sy = _fma32(np.float32(m[3]), idx[None, :], row_y[:, None])
-    ix = np.floor(sx).astype(np.int64)
-    iy = np.floor(sy).astype(np.int64)
-    ax = (sx - ix.astype(np.float32))[..., None]
-    ay = (sy - iy.astype(np.float32))[..., None]
+    out = np.empty((idx.size, idx.size, img.shape[2]), dtype=np.uint8)
 
-    # Gather through flat pixel indices (one np.take per neighbour, zeroed outside the image in
-    # the input dtype before the float cast): the same values as 2-D fancy indexing, ~30% faster.
-    flat_img = img.reshape(height * width, img.shape[2])
-
-    def fetch(dy: int, dx: int) -> np.ndarray:
-        yy, xx = iy + dy, ix + dx
-        inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-        px = np.take(flat_img, np.clip(yy, 0, height - 1) * width + np.clip(xx, 0, width - 1), axis=0)
-        px[~inside] = 0
-        return px.astype(np.float32)
-
-    p00, p01, p10, p11 = fetch(0, 0), fetch(0, 1), fetch(1, 0), fetch(1, 1)
-    top = _fma32(ax, p01 - p00, p00)
-    bottom = _fma32(ax, p11 - p10, p10)
-    value = _fma32(ay, bottom - top, top)
-    out = np.clip(np.rint(value), 0, 255).astype(np.uint8)
+    # The source x of a crop pixel is fma(M0, x, row_x[y]) and its y is fma(M3, x, row_y[y]).
+    # For the rotation-free crops used here, row_x is one value and sy == row_y[y] on a whole
+    # row (M3 is 0 or ~1e-17 from getAffineTransform's solve), so sx depends on x only and sy
+    # on y only: those rows are warped separably. The remaining rows (rotations, or rows whose
+    # row_y is so close to 0 that M3 * x moves it) take the per-pixel path.
+    values, counts = np.unique(row_x, return_counts=True)
+    common_row_x = values[np.argmax(counts)] if values.size else np.float32(0)
+    separable = row_x == common_row_x
+    if m[3] != 0:
+        # fma(M3, x, r) is monotonic in x, so equal to r at both ends means equal on the row.
+        separable &= _fma32(m[3], np.float32(crop_size - 1), row_y) == row_y
+    rows = np.flatnonzero(separable)
+    if rows.size:
+        sx = _fma32(np.float32(m[0]), idx, common_row_x)
+        flat_out = out.reshape(idx.size, -1)
+        if rows.size == idx.size:
+            _warp_separable(img, sx, row_y, flat_out)
+        else:
+            part = np.empty((rows.size, flat_out.shape[1]), dtype=np.uint8)
+            _warp_separable(img, sx, row_y[rows], part)
+            flat_out[rows] = part
+    rows = np.flatnonzero(~separable)
+    for r in range(0, rows.size, _CHUNK_ROWS):
+        block = rows[r:r + _CHUNK_ROWS]
+        sx = _fma32(np.float32(m[0]), idx[None, :], row_x[block, None])
+        sy = _fma32(np.float32(m[3]), idx[None, :], row_y[block, None])
+        out[block] = _warp_pixels(img, sx, sy)
     return out[:, :, 0] if out.shape[2] == 1 else out
+
+
+# Above 2**-21 a fraction in [0, 1] is a multiple of 2**-44, so fraction * (integer in
+# [-255, 255]) + (integer in [0, 255]) is a multiple of 2**-44 below 2**9: exact in float64.
+_EXACT_FRACTION_MIN = np.float32(2.0 ** -21)
+# Crop rows per block: the float64 temporaries of a block stay in cache and get reused, where
+# whole-crop ones cost as much in page faults as in arithmetic.
+_CHUNK_ROWS = 32
+
+
+def _floor_split(coord: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer part (int64) and float32 fraction, computed as the reference kernel does."""
+    i = np.floor(coord).astype(np.int64)
+    return i, coord - i.astype(np.float32)
+
+
+def _lerp_u8(frac: np.ndarray, p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
+    """fma(frac, p1 - p0, p0) rounded once to float32 for uint8 p0/p1 (the values _fma32 gives).
+
+    `frac` (float32) broadcasts against p0/p1, but not along a short last axis (channels):
+    that makes numpy's inner loops a few elements long, several times slower. In float64 the
+    expression is exact for the fractions that occur in practice (see
+    _EXACT_FRACTION_MIN), so one cast rounds like an FMA; the rare others (a tiny fraction near
+    a 0 coordinate, non-finite warps) are redone with _fma32.
+    """
+    acc = np.subtract(p1, p0, dtype=np.int16).astype(np.float64)
+    acc *= frac.astype(np.float64)
+    acc += p0
+    res = acc.astype(np.float32)
+    odd = ~((frac == 0) | ((frac >= _EXACT_FRACTION_MIN) & (frac <= 1)))
+    if odd.any():
+        sel = np.broadcast_to(odd, res.shape)
+        res[sel] = _fma32(np.broadcast_to(frac, res.shape)[sel],
+                          np.subtract(p1[sel], p0[sel], dtype=np.float32), p0[sel].astype(np.float32))
+    return res
+
+
+def _lerp_to_u8(frac: np.ndarray, lo: np.ndarray, hi: np.ndarray, out: np.ndarray) -> None:
+    """out = uint8 of the rounded fma(frac, hi - lo, lo), float32 inputs (frac as in _lerp_u8).
+
+    The float64 product of two float32 values is exact and the float64 sum rounds once;
+    rounding that to float32 gives the FMA result except when the sum lands exactly half-way
+    between two float32 values (double rounding): those are found by their bits and redone
+    with _fma32. Sums in the float32 subnormal range are not checked: they end up as 0 anyway.
+    `hi` is used as scratch space.
+    """
+    diff = np.subtract(hi, lo, out=hi)
+    acc = diff.astype(np.float64)
+    acc *= frac.astype(np.float64)
+    acc += lo
+    value = acc.astype(np.float32)
+    bits = acc.view(np.int64)
+    np.bitwise_and(bits, 0x1FFFFFFF, out=bits)
+    halfway = bits == 0x10000000
+    if halfway.any():
+        value[halfway] = _fma32(np.broadcast_to(frac, value.shape)[halfway], diff[halfway], lo[halfway])
+    np.rint(value, out=value)
+    # The lerp of values in [0, 255] stays in range; the clip is only for non-finite warps.
+    if not (value.min() >= 0 and value.max() <= 255):
+        np.clip(value, 0, 255, out=value)
+    np.copyto(out, value, casting="unsafe")
+
+
+def _warp_separable(img: np.ndarray, sx: np.ndarray, sy: np.ndarray, out: np.ndarray) -> None:
+    """Crop rows whose source x depends on the column only (sx) and source y on the row only (sy).
+
+    Per block of crop rows, each source row they need is interpolated along x once (with an
+    upscale, many crop rows share a source row), then the crop rows between those. `out` is
+    (rows, crop * channels) uint8.
+    """
+    height, width, channels = img.shape
+    ix, ax = _floor_split(sx)
+    iy, ay = _floor_split(sy)
+    # Clamped so that out-of-image neighbours stay out of the image (both of them when the
+    # coordinate is 2+ pixels out) and huge coordinates cannot overflow the index maths.
+    ix = np.clip(ix, -2, width)
+    iy = np.clip(iy, -2, height)
+    src_cols = np.concatenate([ix, ix + 1])
+    # Source rows are read as byte runs over the columns' span, then the (column, channel)
+    # bytes are picked: numpy gathers single bytes much faster than 3-byte pixels.
+    lo = int(np.clip(src_cols.min(), 0, width - 1))
+    hi = int(np.clip(src_cols.max(), 0, width - 1)) + 1
+    span = img.reshape(height, width * channels)[:, lo * channels:hi * channels]
+    byte_cols = ((np.clip(src_cols, lo, hi - 1) - lo)[:, None] * channels + np.arange(channels)).ravel()
+    outside_cols = np.repeat((src_cols < 0) | (src_cols >= width), channels)
+    any_outside_col = bool(outside_cols.any())
+    n = ix.size * channels
+    frac = np.repeat(ax, channels)
+    for r in range(0, iy.size, _CHUNK_ROWS):
+        block = slice(r, r + _CHUNK_ROWS)
+        top = iy[block]
+        src_rows = np.unique(np.concatenate([top, top + 1]))
+        grid = span[np.clip(src_rows, 0, height - 1)].take(byte_cols, axis=1)
+        # Neighbours outside the image are blacked out in uint8, before any float work.
+        grid[(src_rows < 0) | (src_rows >= height)] = 0
+        if any_outside_col:
+            grid[:, outside_cols] = 0
+        along_x = _lerp_u8(frac, grid[:, :n], grid[:, n:])
+        _lerp_to_u8(ay[block, None], along_x.take(np.searchsorted(src_rows, top), axis=0),
+                    along_x.take(np.searchsorted(src_rows, top + 1), axis=0), out[block])
+
+
+def _warp_pixels(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    """General per-pixel bilinear sampling for a few crop rows given by sx, sy (rows, crop)."""
+    height, width, channels = img.shape
+    ix, ax = _floor_split(sx.ravel())
+    iy, ay = _floor_split(sy.ravel())
+    x0, y0 = np.clip(ix, -2, width), np.clip(iy, -2, height)
+    # One gather for the four neighbours (flat pixel indices, 00 01 10 11), with the ones
+    # outside the image zeroed afterwards in uint8, before any float work.
+    cx0, cx1 = np.clip(x0, 0, width - 1), np.clip(x0 + 1, 0, width - 1)
+    ry0, ry1 = np.clip(y0, 0, height - 1) * width, np.clip(y0 + 1, 0, height - 1) * width
+    flat = np.empty((4, ix.size), dtype=np.intp)
+    flat[0], flat[1], flat[2], flat[3] = ry0 + cx0, ry0 + cx1, ry1 + cx0, ry1 + cx1
+    px = np.take(img.reshape(height * width, channels), flat, axis=0)
+    in_x0, in_x1 = (x0 >= 0) & (x0 < width), (x0 >= -1) & (x0 < width - 1)
+    in_y0, in_y1 = (y0 >= 0) & (y0 < height), (y0 >= -1) & (y0 < height - 1)
+    inside = np.empty((4, ix.size), dtype=bool)
+    inside[0], inside[1] = in_y0 & in_x0, in_y0 & in_x1
+    inside[2], inside[3] = in_y1 & in_x0, in_y1 & in_x1
+    if not inside.all():
+        px *= inside[:, :, None]
+    # Fractions repeated per channel: see _lerp_u8 on broadcasting along a short last axis.
+    ax = np.repeat(ax, channels)
+    ay = np.repeat(ay, channels)
+    p00, p01, p10, p11 = px.reshape(4, ix.size * channels)
+    top = _lerp_u8(ax, p00, p01)
+    bottom = _lerp_u8(ax, p10, p11)
+    out = np.empty(top.shape, dtype=np.uint8)
+    _lerp_to_u8(ay, top, bottom, out)
+    return out.reshape(*sx.shape, channels)
 
 
 def crop_one(image: np.ndarray, box_xyxy: np.ndarray, padding: float,
