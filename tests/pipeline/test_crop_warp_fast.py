@@ -12,28 +12,10 @@ import pytest
 from server.pipeline import crop
 
 
-def _reference_fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    p, c = np.broadcast_arrays(np.asarray(a, np.float64) * np.asarray(b, np.float64),
-                               np.asarray(c, np.float64))
-    s = p + c
-    bb = s - p
-    err = (p - (s - bb)) + (c - bb)
-    inexact_even = (err != 0) & ((s.view(np.int64) & 1) == 0)
-    if inexact_even.any():
-        s = np.where(inexact_even, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-    return s.astype(np.float32)
-
-
-def _reference_invert_affine(warp: np.ndarray) -> list[float]:
-    m = [float(v) for v in np.asarray(warp, dtype=np.float64).reshape(6)]
-    det = m[0] * m[4] - m[1] * m[3]
-    det = 1.0 / det if det != 0 else 0.0
-    a11, a22 = m[4] * det, m[0] * det
-    m[0], m[1], m[3], m[4] = a11, m[1] * -det, m[3] * -det, a22
-    b1 = -m[0] * m[2] - m[1] * m[5]
-    b2 = -m[3] * m[2] - m[4] * m[5]
-    m[2], m[5] = b1, b2
-    return m
+# The FMA emulation and the matrix inversion are shared with the fast kernel (unchanged by it,
+# and held to the official crops by test_crop.py); only the warp kernel itself is frozen here.
+_reference_fma32 = crop._fma32
+_reference_invert_affine = crop._invert_affine
 
 
 def _reference_warp(image: np.ndarray, warp: np.ndarray, crop_size: int = crop.CROP_SIZE) -> np.ndarray:

@@ -200,32 +200,30 @@ def test_native_mhr_backend_matches_the_torchscript(engine, astronaut, parity_di
                     cache_dir=str(tmp_path), mhr_backend="onnx")
 
 
+def captured_body_run(engine, image: np.ndarray, keypoints_only: bool) -> tuple[dict, dict]:
+    """(result, every stage tensor the model recorded) of one body-mode run."""
+    model = engine.model
+    head = model.head_pose
+    head.intermediate_keypoints_only, model.capture = keypoints_only, {}
+    try:
+        res = engine.reconstruct(ReconstructRequest(image=image, boxes=np.array([[20, 10, 370, 512]], np.float32),
+                                                    mode="body"))
+        return res, dict(model.capture)
+    finally:
+        head.intermediate_keypoints_only, model.capture = True, None
+
+
 def test_native_backend_skins_only_keypoint_vertices_in_intermediate_layers(parity_dir: Path, astronaut,
                                                                           tmp_path: Path) -> None:
     native = load_engine(checkpoint=str(parity_dir / "checkpoints" / "dinov3_tiny"), device="cpu",
                          cache_dir=str(tmp_path), mhr_backend="native")
-    model = native.model
-    last = len(model.decoder.layers) - 1
-    model.capture = {}
-    try:
-        res = native.reconstruct(ReconstructRequest(image=astronaut, boxes=np.array([[20, 10, 370, 512]], np.float32),
-                                                    mode="body"))
-        captured = dict(model.capture)
-    finally:
-        model.capture = None
+    assert native.model.head_pose.intermediate_keypoints_only
+    last = len(native.model.decoder.layers) - 1
+    res, captured = captured_body_run(native, astronaut, keypoints_only=True)
     assert "L0.pred_keypoints_3d" in captured and "L0.pred_vertices" not in captured
     assert f"L{last}.pred_vertices" in captured
     # The intermediate keypoints equal a whole-mesh evaluation of the same parameters.
-    head = model.head_pose
-    head.intermediate_keypoints_only = False
-    model.capture = {}
-    try:
-        full = native.reconstruct(ReconstructRequest(image=astronaut, boxes=np.array([[20, 10, 370, 512]], np.float32),
-                                                     mode="body"))
-        whole = dict(model.capture)
-    finally:
-        model.capture = None
-        head.intermediate_keypoints_only = True
+    full, whole = captured_body_run(native, astronaut, keypoints_only=False)
     assert "L0.pred_vertices" in whole
     for layer in range(last):
         np.testing.assert_allclose(captured[f"L{layer}.pred_keypoints_3d"].numpy(),
