@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="camera intrinsics in pixels of the full image")
     parser.add_argument("--prompt", type=cli_args.prompt, action="append", default=[],
                         metavar="x,y,label",
-                        help="keypoint prompt in image pixels (label: MHR-70 index or -1)")
+                        help=cli_args.PROMPT_HELP)
     parser.add_argument("--fit-prompts", action="store_true",
                         help="after the prompted run, fit the pose so each prompted keypoint lands on "
                         "its point, holding the other body keypoints (not part of the official pipeline)")
@@ -125,20 +125,30 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def read_mask(path: str) -> np.ndarray:
-    """A mask image as HxW uint8 0/1 (through Blender's image loader; no PIL in Blender)."""
+    """A mask image as HxW uint8 with its grey values as stored (0/1 or 0/255; addon/masks.py),
+    read through Blender's image loader (no PIL in Blender)."""
     import bpy
+
+    from .masks import MaskError, gray_levels, mask_values
 
     image = bpy.data.images.load(os.path.abspath(path))
     try:
         width, height = image.size
         if width == 0 or height == 0:
             raise UsageError(f"cannot read mask {path}")
+        # Raw stored levels, not colour-managed ones.
+        # (setattr: the 4.2 stubs list only 'NONE' for this enum, Blender takes 'Non-Color')
+        if image.colorspace_settings is not None:
+            setattr(image.colorspace_settings, "name", "Non-Color")
         pixels = np.empty(width * height * image.channels, dtype=np.float32)
         pixel_data: Any = image.pixels  # a bpy_prop_array (the stubs say float)
         pixel_data.foreach_get(pixels)
-        # Blender stores rows bottom-up; the first channel carries a grey mask.
-        gray = pixels.reshape(height, width, image.channels)[::-1, :, 0]
-        return (gray > 0.5).astype(np.uint8)
+        # Blender stores rows bottom-up and 8-bit levels as level / 255.
+        levels = np.rint(pixels.reshape(height, width, image.channels)[::-1] * 255.0)
+        try:
+            return mask_values(gray_levels(levels.astype(np.uint8)), repr(path))
+        except MaskError as exc:
+            raise UsageError(str(exc)) from exc
     finally:
         bpy.data.images.remove(image)
 

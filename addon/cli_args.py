@@ -34,6 +34,11 @@ def intrinsics(text: str) -> tuple[float, ...]:
     return values
 
 
+PROMPT_HELP = ("keypoint prompt in image pixels, repeatable (label: MHR-70 index 0..69, -1 = 'not a "
+               "point', -2 = Meta's padding/dummy prompt, taken and ignored as its code does); "
+               "a value starting with '-' must be joined with '=', e.g. --prompt=-107.5,-41.5,-2")
+
+
 def prompt(text: str) -> tuple[float, float, int]:
     x, y, label = floats(3, "--prompt x,y,label")(text)
     if not float(label).is_integer():

@@ -125,7 +125,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         description="Build the Blender scene of a saved SAM 3D Body result without the model.")
     parser.add_argument("result", metavar="RESULT.npz", help="from `python -m server reconstruct`")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--mhr", metavar="MHR.pt", help="rig from MHR's mhr_model.pt (needs torch)")
+    source.add_argument("--mhr", metavar="MHR.pt", help="rig from MHR's mhr_model.pt or a checkpoint folder "
+                        "holding assets/mhr_model.pt (needs torch); also computes the skeleton and "
+                        "rest mesh of a result that holds only Meta's official output names")
     source.add_argument("--rig", metavar="RIG.npz", help="rig from a saved rig .npz")
     parser.add_argument("--image", metavar="PHOTO", help="the photo, as the camera background")
     add_scene_options(parser)
@@ -135,7 +137,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def _check_files(args: argparse.Namespace) -> str | None:
     for flag, path in (("RESULT.npz", args.result), ("--mhr", args.mhr), ("--rig", args.rig),
                        ("--image", args.image)):
-        if path and not os.path.isfile(path):
+        if path and not (os.path.isfile(path) or (flag == "--mhr" and os.path.isdir(path))):
             return f"{flag} file not found: {path}"
     return check_outputs(args)
 

@@ -4,7 +4,9 @@
 writes the model's RigData under the ``rig_`` prefix (``rig_joint_names``, ``rig_faces``, ...,
 see :func:`with_rig_arrays`) the file is self-contained and the add-on imports it with numpy
 only. Otherwise the rig comes from a separate rig npz (:func:`addon.result.save_rig_npz`) or,
-where torch is available (the headless CLI's environment), from MHR's TorchScript file.
+where torch is available (the headless CLI's environment), from MHR's TorchScript file. A file
+with only Meta's official output names (addon/official_result.py) gets its skeleton and rest mesh
+from that same file's forward.
 
 No bpy at import time: only :func:`import_result` touches the scene (through apply_result).
 """
@@ -17,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import official_result as official
 from .result import RIG_ARRAYS, Result, RigData, load_rig_npz
 
 RIG_PREFIX = "rig_"
@@ -46,8 +49,12 @@ def split_rig_arrays(arrays: Mapping[str, Any]) -> tuple[dict[str, Any], RigData
     return rest, RigData.from_mapping(rig)
 
 
-def load_result_file(path: str | os.PathLike) -> tuple[Result, RigData | None]:
-    """Load and validate RESULT.npz; returns the Result and its embedded rig (or None)."""
+def load_result_file(path: str | os.PathLike, mhr: str | os.PathLike | None = None,
+                     image_size: tuple[int, int] | None = None) -> tuple[Result, RigData | None]:
+    """Load and validate RESULT.npz; returns the Result and its embedded rig (or None).
+
+    A file with only Meta's official names needs `mhr` (MHR's .pt or a checkpoint folder) to
+    compute the skeleton and rest mesh; `image_size` (W, H) stands in for a missing one."""
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise FileNotFoundError(f"result file not found: {p}")
@@ -57,24 +64,49 @@ def load_result_file(path: str | os.PathLike) -> tuple[Result, RigData | None]:
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{p} is not a readable result .npz ({exc})") from exc
     rest, rig = split_rig_arrays(arrays)
+    rest = official.with_person_axis(rest)
+    if official.is_official_only(rest):
+        if mhr is None:
+            raise ValueError(f"{p} holds only Meta's official outputs (no mhr_skel_state / "
+                             f"mhr_rest_vertices): {official.MHR_FLAG_HINT}, so the skeleton and "
+                             "rest mesh are computed from its mhr_model_params and shape_params")
+        torch, rig_data = _server_mhr()
+        module = torch.jit.load(mhr_file(mhr), map_location="cpu").eval()
+        rest = official.complete_skeleton(rest, rig_data.person_rig_state, module)
+    rest = official.camera_arrays(rest, image_size)
     return Result.from_mapping(rest), rig
 
 
-def rig_from_mhr(mhr_path: str | os.PathLike) -> RigData:
-    """RigData from MHR's TorchScript file (needs torch and the server package)."""
-    p = os.fspath(mhr_path)
+def mhr_file(path: str | os.PathLike) -> str:
+    """MHR's TorchScript file: the path itself, or `assets/mhr_model.pt` of a checkpoint folder."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        for candidate in (os.path.join(p, "assets", "mhr_model.pt"), os.path.join(p, "mhr_model.pt")):
+            if os.path.isfile(candidate):
+                return candidate
+        raise FileNotFoundError(f"{p} has no assets/mhr_model.pt: pass MHR's mhr_model.pt or the "
+                                "checkpoint folder that holds it")
     if not os.path.isfile(p):
         raise FileNotFoundError(f"MHR model not found: {p}")
+    return p
+
+
+def _server_mhr() -> tuple[Any, Any]:
     try:
         # By name: the add-on (and its type check) must not depend on torch or the server.
-        torch = importlib.import_module("torch")
-        rig_data_from_mhr = importlib.import_module("server.mhr.rig_data").rig_data_from_mhr
+        return importlib.import_module("torch"), importlib.import_module("server.mhr.rig_data")
     except ImportError as exc:
         raise RuntimeError("reading the rig from an MHR .pt file needs torch and the server "
                            f"package ({exc}); use a result file with embedded rig_ arrays or "
                            "a rig .npz instead") from exc
+
+
+def rig_from_mhr(mhr_path: str | os.PathLike) -> RigData:
+    """RigData from MHR's TorchScript file or checkpoint folder (needs torch and the server)."""
+    p = mhr_file(mhr_path)
+    torch, rig_data = _server_mhr()
     module = torch.jit.load(p, map_location="cpu").eval()
-    return RigData.from_mapping(rig_data_from_mhr(module))
+    return RigData.from_mapping(rig_data.rig_data_from_mhr(module))
 
 
 def resolve_rig(embedded: RigData | None, rig: RigData | Mapping[str, Any] | str | os.PathLike | None
@@ -109,7 +141,8 @@ def import_result(context: Any, result_path: str | os.PathLike,
     from .apply import apply_result
     from .session import tag_armatures
 
-    result, embedded = load_result_file(result_path)
+    mhr = rig if isinstance(rig, (str, os.PathLike)) and not os.fspath(rig).lower().endswith(".npz") else None
+    result, embedded = load_result_file(result_path, mhr=mhr, image_size=_photo_size(image_path))
     rig_data = resolve_rig(embedded, rig)
     opts = dict(options or {})
     if image_path is None and not opts.get("collection_name"):
@@ -117,3 +150,14 @@ def import_result(context: Any, result_path: str | os.PathLike,
     created = apply_result(context, result, rig_data, image_path=image_path, options=opts)
     tag_armatures(created, dict(result.arrays), image_path)
     return created
+
+
+def _photo_size(image_path: str | None) -> tuple[int, int] | None:
+    """(W, H) of the photo through Blender's loader (no PIL inside Blender)."""
+    if not image_path or not os.path.isfile(image_path):
+        return None
+    import bpy
+
+    image = bpy.data.images.load(image_path, check_existing=True)
+    size = (int(image.size[0]), int(image.size[1]))
+    return size if min(size) > 0 else None

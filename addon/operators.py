@@ -123,7 +123,10 @@ def camera_background_image(context: bpy.types.Context) -> bpy.types.Image | Non
 
 
 def alpha_mask(path: str) -> np.ndarray:
-    """The photo's alpha channel as an HxW uint8 mask (1 = person), top row first."""
+    """The photo's alpha channel as an HxW uint8 mask on the 0/255 scale it is stored in (255 =
+    person), top row first. A binary alpha passes as read; soft (anti-aliased) edges are cut at
+    50% coverage, deliberately: a cut-out photo nearly always has them, and 0/255 is what Meta's
+    code gets from the same alpha saved as a mask file (docs/ARCHITECTURE.md, masks)."""
     image = bpy.data.images.load(path, check_existing=True)
     width, height = int(image.size[0]), int(image.size[1])
     if width <= 0 or height <= 0:
@@ -134,7 +137,7 @@ def alpha_mask(path: str) -> np.ndarray:
     pixels = np.empty(width * height * image.channels, dtype=np.float32)
     cast(Any, image.pixels).foreach_get(pixels)
     alpha = pixels.reshape(height, width, image.channels)[::-1, :, 3]
-    mask = (alpha >= 0.5).astype(np.uint8)
+    mask = np.where(alpha >= 0.5, 255, 0).astype(np.uint8)
     if not mask.any():
         raise InputError(f"The alpha channel of {os.path.basename(path)} is empty: nothing to "
                          "use as a mask")

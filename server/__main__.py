@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--intrinsics", type=cli_args.intrinsics,
                      metavar="fx,fy,cx,cy", help="camera intrinsics in pixels")
     rec.add_argument("--prompt", type=cli_args.prompt, action="append", default=[], metavar="x,y,label",
-                     help="keypoint prompt in image pixels (label: MHR-70 index or -1)")
+                     help=cli_args.PROMPT_HELP)
     rec.add_argument("--fit-prompts", action="store_true",
                      help="after the prompted run, fit the pose so each prompted keypoint lands on "
                      "its point, holding the other body keypoints (not part of the official pipeline)")
@@ -234,15 +234,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _read_masks(paths: Sequence[str]) -> list[np.ndarray]:
     from PIL import Image
 
+    from addon.masks import MaskError, gray_levels, mask_values
+
     masks = []
     for path in paths:
         try:
             with Image.open(path) as image:
-                gray = np.asarray(image.convert("L"))
+                if image.mode in ("L", "I", "I;16", "I;16B", "I;16L"):
+                    gray = np.asarray(image)
+                elif image.mode == "LA":
+                    gray = np.asarray(image)[..., 0]
+                elif image.mode == "1":
+                    gray = np.asarray(image.convert("L"))
+                else:
+                    gray = gray_levels(np.asarray(image.convert("RGB")))
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read mask {path!r}: {exc}") from exc
-        # Binary 0/1 like SAM's masks, whatever the file's value range.
-        masks.append((gray > 127).astype(np.uint8))
+        # The grey values as read (0/1 stays 0/1, 0/255 stays 0/255), as Meta's code gets them.
+        try:
+            masks.append(mask_values(gray, repr(path)))
+        except MaskError as exc:
+            raise UsageError(str(exc)) from exc
     return masks
 
 

@@ -60,6 +60,26 @@ def mhr_samples() -> Path:
     return require(MHR_DATA)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Kernel-path switches for the tolerance runs (.ci/run, scripts/measure_tolerances.py):
+    # ATEN_CPU_CAPABILITY is read by torch itself; oneDNN and the thread count are set here.
+    mkldnn = os.environ.get("SAM3D_TEST_MKLDNN", "")
+    threads = os.environ.get("SAM3D_TEST_THREADS", "")
+    if mkldnn or threads:
+        import torch
+
+        if mkldnn:
+            torch.backends.mkldnn.enabled = mkldnn not in ("0", "off", "false")
+        if threads:
+            torch.set_num_threads(int(threads))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    parts = [f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", "SAM3D_TEST_MKLDNN",
+                                                       "SAM3D_TEST_THREADS") if os.environ.get(name)]
+    return "kernel path: " + (" ".join(parts) if parts else "machine default")
+
+
 _exit_status = 0
 
 

@@ -19,11 +19,13 @@ import torch
 
 from server.errors import BAD_INPUT, NO_PERSON, ServerError
 from server.pipeline.crop import prepare_batch
-from server.pipeline.inference import run_inference, to_device
+from server.pipeline.inference import DUMMY_LABEL, run_inference, to_device
 from server.profiling import stage
 
 NUM_KEYPOINTS = 70
-PROMPT_LABEL_MIN, PROMPT_LABEL_MAX = -1, NUM_KEYPOINTS - 1  # -1 = "not a point" click
+# -1 = a "not a point" click; -2 = the official padding/dummy prompt (its position is zeroed by
+# the prompt encoder, so it may lie anywhere, even off the image).
+PROMPT_LABEL_MIN, PROMPT_LABEL_MAX = -2, NUM_KEYPOINTS - 1
 INFERENCE_TYPES = ("body", "full")
 
 # Official output name -> key of the model's pose dict.
@@ -137,9 +139,9 @@ def _parse_prompts(prompts: Sequence[Sequence[float]], n_persons: int, width: in
             raise ServerError(BAD_INPUT, f"Prompt {i} has a non-finite coordinate: {p!r}.")
         if label != int(label) or not PROMPT_LABEL_MIN <= label <= PROMPT_LABEL_MAX:
             raise ServerError(BAD_INPUT, f"Prompt {i} label {p[2]!r} must be an integer keypoint index "
-                              f"{PROMPT_LABEL_MIN}..{PROMPT_LABEL_MAX} (-1 = not a point).")
-        if not (0 <= x <= width and 0 <= y <= height):
-            raise ServerError(BAD_INPUT, f"Prompt {i} at ({x:g}, {y:g}) lies outside the {width}x{height} image.")
+                              f"0..{PROMPT_LABEL_MAX}, -1 (not a point) or -2 (dummy).")
+        # Off-image points are fine where the person's crop reaches past the image edge (checked
+        # against the crops in assign_prompts), as Meta's crop-space prompts allow.
         person = None
         if len(p) == 4:
             person = int(p[3])
@@ -162,6 +164,15 @@ def assign_prompts(prompts: Sequence[Sequence[float]], batch: dict[str, torch.Te
     for i, (x, y, label, person) in enumerate(parsed):
         uv = affine @ np.array([x, y, 1.0]) / crop  # (N, 2)
         inside = np.all((uv >= 0) & (uv <= 1), axis=1)
+        if label == DUMMY_LABEL:
+            # A dummy carries no position: it joins the given person, else the one whose crop
+            # holds it, else the nearest box.
+            if person is None:
+                b = boxes.astype(np.float64)
+                dist = np.hypot((b[:, 0] + b[:, 2]) / 2 - x, (b[:, 1] + b[:, 3]) / 2 - y)
+                person = int(np.nonzero(inside)[0][0]) if inside.any() else int(np.argmin(dist))
+            assigned.append((x, y, label, person))
+            continue
         if person is None:
             candidates = np.nonzero(inside)[0]
             if candidates.size == 0:
@@ -192,6 +203,9 @@ def prompts_to_crop(prompts: Sequence[Sequence[float]], batch: dict[str, torch.T
         assigned = assign_prompts(prompts, batch, boxes, width, height)
     per_person: list[list[tuple[float, float, int]]] = [[] for _ in range(n)]
     for x, y, label, person in assigned:
+        if label == DUMMY_LABEL:
+            per_person[person].append((0.0, 0.0, label))  # the official dummy (0, 0, -2)
+            continue
         # Crop coordinates in float32 like the official prompts: ([x, y, 1] @ Aᵀ) / 512.
         a = batch["affine_trans"][0, person].float()
         pt = torch.tensor([x, y, 1.0], dtype=torch.float32) @ a.T / batch["img_size"][0, person].float()

@@ -184,7 +184,7 @@ def test_cli_turns_arguments_into_the_request(tmp_path: Path,
     assert seen["boxes"].tolist() == [[1, 1, 7, 5]]
     assert seen["prompts"] == [[2.0, 3.0, 9]] and seen["intrinsics"] == [100, 101, 4, 3]
     (got_mask,) = seen["masks"]
-    assert got_mask.dtype == np.uint8 and np.array_equal(got_mask, (mask > 0).astype(np.uint8))
+    assert got_mask.dtype == np.uint8 and np.array_equal(got_mask, mask)  # 0/255 kept as read
     command = seen["server_command"]
     assert command[1:4] == ["-m", "server", "serve"]
     assert command[command.index("--repo") + 1] == "someone/model"

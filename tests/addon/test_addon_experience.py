@@ -87,11 +87,48 @@ def test_alpha_mask_becomes_mask_and_box(context, tmp_path: Path) -> None:
     request = ops().reconstruct_request(context, str(photo_with_alpha(tmp_path / "cut.png")))
     (mask,) = request["masks"]
     assert mask.shape == (30, 40) and mask.dtype == np.uint8
-    assert mask[5:20, 10:25].all() and mask.sum() == 15 * 15  # top row first
+    assert set(np.unique(mask)) == {0, 255}  # the 0/255 scale of the alpha channel
+    assert mask[5:20, 10:25].all() and mask.sum() == 15 * 15 * 255  # top row first
     np.testing.assert_array_equal(request["boxes"], [[10, 5, 25, 20]])
     opaque = str(write_photo(tmp_path / "opaque.png"))
     with pytest.raises(ops().InputError, match="fully opaque"):
         ops().reconstruct_request(context, opaque)
+
+
+def test_soft_alpha_edges_are_cut_at_half_coverage(context, tmp_path: Path) -> None:
+    from PIL import Image
+
+    rgba = np.zeros((30, 40, 4), dtype=np.uint8)
+    rgba[5:20, 10:25, 3] = 255
+    rgba[5:20, 25, 3] = 200  # anti-aliased edge: 78% coverage is person
+    rgba[5:20, 9, 3] = 60  # 24%: background
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "soft.png")
+    context.scene.sam3d_body.use_alpha_mask = True
+    (mask,) = ops().reconstruct_request(context, str(tmp_path / "soft.png"))["masks"]
+    assert set(np.unique(mask)) == {0, 255}
+    assert mask[5:20, 25].all() and not mask[:, 9].any() and mask.sum() == 15 * 16 * 255
+
+
+def test_cli_mask_files_keep_their_values(tmp_path: Path) -> None:
+    """python -m addon.cli --mask: 0/1 stays 0/1, 0/255 stays 0/255 (Blender's image loader)."""
+    from PIL import Image
+
+    from addon.cli import UsageError, read_mask
+
+    for top in (1, 255):
+        m = np.zeros((24, 32), np.uint8)
+        m[4:12, 6:20] = top
+        Image.fromarray(m).save(tmp_path / f"m{top}.png")
+        np.testing.assert_array_equal(read_mask(str(tmp_path / f"m{top}.png")), m)
+    grey = np.zeros((24, 32), np.uint8)
+    grey[4:12, 6:20] = 255
+    grey[4:12, 20] = 128
+    Image.fromarray(grey).save(tmp_path / "aa.png")
+    with pytest.raises(UsageError, match="not binary"):
+        read_mask(str(tmp_path / "aa.png"))
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(tmp_path / "empty.png")
+    with pytest.raises(UsageError, match="is empty"):
+        read_mask(str(tmp_path / "empty.png"))
 
 
 def test_camera_background_image_is_an_input(context, tmp_path: Path) -> None:

@@ -88,3 +88,57 @@ def test_cli_from_result_with_mhr(standin_lod1, lod1_result, tmp_path):
     bad = subprocess.run(cmd[:3] + [str(tmp_path / "missing.npz"), "--blend", "x.blend"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def _official_only_file(tmp_path, standin_lod1, mhr_samples, name: str) -> tuple[str, dict]:
+    """One real 3DB sample as Meta's demo saves a person: official names only, no person axis,
+    with pred_vertices from the stand-in forward (the real ones belong to the real MHR)."""
+    from tests.rig.standin_data import SAMPLE_FOCAL, SAMPLE_IMAGE_SIZE, load_module, sample, standin_rig
+    from server.mhr.rig_data import person_rig_state
+
+    s = sample(mhr_samples, name)
+    state = person_rig_state(load_module(str(standin_lod1)), s["mhr_model_params"][None],
+                             s["shape_params"][None], s["expr_params"][None])
+    s["pred_vertices"] = (state["mhr_vertices"][0] * np.array([1, -1, -1]) / 100.0).astype(np.float32)
+    s["faces"] = standin_rig(str(standin_lod1))["faces"]
+    w, h = SAMPLE_IMAGE_SIZE
+    s["cam_int"] = np.array([[SAMPLE_FOCAL, 0, w / 2], [0, SAMPLE_FOCAL, h / 2], [0, 0, 1]], np.float32)
+    assert not any(k.startswith("mhr_") and k != "mhr_model_params" for k in s)
+    return _save(tmp_path / f"{name}_official.npz", s), s
+
+
+def _camera_frame(points_world: np.ndarray, camera) -> np.ndarray:
+    """Blender world points -> the photo camera's OpenCV frame (x right, y down, z forward)."""
+    inv = np.linalg.inv(np.array(camera.matrix_world))
+    local = points_world @ inv[:3, :3].T + inv[:3, 3]
+    return local * np.array([1.0, -1.0, -1.0])
+
+
+@pytest.mark.parametrize("name", ["img_subj00", "img_subj01"])
+def test_official_only_result_with_mhr(scene, standin_lod1, mhr_samples, tmp_path, name):
+    path, s = _official_only_file(tmp_path, standin_lod1, mhr_samples, name)
+    with pytest.raises(ValueError, match=r"only Meta's official outputs.*--mhr"):
+        import_result(bpy.context, path)
+    objs = import_result(bpy.context, path, rig=str(standin_lod1))
+    mesh = next(o for o in objs if o.type == "MESH")
+    camera = next(o for o in objs if o.type == "CAMERA")
+    got = _camera_frame(evaluated_world_vertices(mesh), camera)
+    want = s["pred_vertices"].astype(np.float64) + s["pred_cam_t"].astype(np.float64)
+    err = np.abs(got - want).max()
+    print(f"{name}: official-only import, mesh vs pred_vertices + pred_cam_t: {err:.2e} m")
+    assert err < 2e-4
+
+
+def test_official_only_result_through_the_cli(standin_lod1, mhr_samples, tmp_path):
+    path, _ = _official_only_file(tmp_path, standin_lod1, mhr_samples, "img_subj00")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "addon.cli", "--from-result", path, "--blend", str(tmp_path / "o.blend")]
+    bare = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bare.returncode != 0 and "--mhr" in bare.stderr and not (tmp_path / "o.blend").exists()
+    ckpt = tmp_path / "checkpoint" / "assets"  # a checkpoint folder works as --mhr too
+    ckpt.mkdir(parents=True)
+    os.symlink(standin_lod1, ckpt / "mhr_model.pt")
+    done = subprocess.run(base + ["--mhr", str(ckpt.parent)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "o.blend").stat().st_size > 100_000

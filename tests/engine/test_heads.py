@@ -17,10 +17,11 @@ import torch
 
 from server.models.camera_head import PerspectiveHead
 from server.models.mhr_head import MHRHead
+from tests import tolerances as tol
 from tests.conftest import PARITY
 
-ATOL = 1e-5  # README tolerance for metres/angles/params of the body passes
-PX_ATOL = 5e-3
+ATOL = tol.PARAMS  # metres and angles/params of the body passes share 1e-5 (tests/tolerances.py)
+PX_ATOL = tol.PIXELS
 
 POSE_KEYS = (
     "pred_pose_raw", "global_rot", "body_pose", "shape", "scale", "hand", "pred_keypoints_3d",
@@ -82,8 +83,7 @@ def _compare(got: dict, ref: dict, prefix: str, keys, atol: float) -> int:
         value = value.detach().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         expected = ref[f"{prefix}{key}"]
         assert value.shape == expected.shape, f"{prefix}{key}: shape {value.shape} != {expected.shape}"
-        err = float(np.abs(value - expected).max())
-        assert err <= atol, f"{prefix}{key}: max |ours - official| = {err:.3g} > {atol}"
+        tol.check(f"heads {prefix}{key}", value, expected, atol, tol.for_key(key)[0])
         n += 1
     return n
 

@@ -80,10 +80,10 @@ def test_bad_intrinsics(cam, msg) -> None:
 
 @pytest.mark.parametrize("prompts, msg", [
     ([(10, 10, 70)], "label"),
-    ([(10, 10, -2)], "label"),
+    ([(10, 10, -3)], "label"),
     ([(10, 10, 1.5)], "label"),
-    ([(130, 10, 5)], "outside the 120x100 image"),
-    ([(10, -1, 5)], "outside"),
+    ([(130, 10, 5)], "not inside any person"),
+    ([(10, -30, 5)], "not inside any person"),
     ([(10, 10)], r"\(x, y, label\)"),
     ([(10, 10, 5, 3)], "person index"),
     ([(float("inf"), 10, 5)], "non-finite"),
@@ -123,6 +123,23 @@ def test_prompt_assignment_to_persons() -> None:
         est.prompts_to_crop([(190, 50, 6, 0)], batch, boxes, 200, 100)
     with pytest.raises(ServerError, match="not inside any person"):
         est.prompts_to_crop([(100, 2, 6)], prepare_batch(img, boxes[:1]), boxes[:1], 200, 100)
+
+
+def test_dummy_and_off_image_prompts_are_taken() -> None:
+    """Label -2 (Meta's padding) is accepted anywhere and becomes the official dummy (0, 0, -2);
+    a point off the image but inside the person's crop (the crop reaches past the edge) is a
+    normal prompt."""
+    img = np.zeros((100, 200, 3), np.uint8)
+    boxes = np.array([[10, 10, 70, 90], [120, 10, 180, 90]], np.float32)
+    batch = prepare_batch(img, boxes)
+    prompt, prompted = est.prompts_to_crop([(-107.5, -41.5, -2), (40, 50, 5), (175, 50, -2, 1)],
+                                           batch, boxes, 200, 100)
+    assert prompted.tolist() == [True, True]
+    assert prompt[0].tolist()[0] == [0, 0, -2] and prompt[0, 1, 2] == 5  # nearest box: person 0
+    assert prompt[1].tolist() == [[0, 0, -2], [0, 0, -2]]  # its own dummy, then the padding
+    prompt, _ = est.prompts_to_crop([(-3.0, 50, 9)], prepare_batch(img, boxes[:1]), boxes[:1], 200, 100)
+    u = float(prompt[0, 0, 0])
+    assert 0.0 <= u < 0.5 and prompt[0, 0, 2] == 9  # left of the image, inside the crop
 
 
 def test_prompt_pixel_to_crop_matches_fixture(parity_dir) -> None:
