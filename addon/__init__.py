@@ -25,7 +25,7 @@ def root_package() -> str:
 def _modules() -> list[ModuleType]:
     # Registration order matters: property groups before the classes that point at them,
     # operators before the panels that draw their buttons.
-    from . import operators, panel, preferences, properties
+    from .ui import operators, panel, preferences, properties
 
     return [properties, preferences, operators, panel]
 

@@ -60,7 +60,7 @@ def bench(rig: dict, result: dict, correctives: bool, repeat: int,
           proportions: str = "baked") -> list[float]:
     import bpy
 
-    from addon.apply import apply_result
+    from addon.scene.apply import apply_result
 
     times = []
     for _ in range(repeat):

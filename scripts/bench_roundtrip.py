@@ -114,7 +114,7 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=3000)
     args = parser.parse_args()
 
-    from addon.client import ServerProcess
+    from addon.protocol.client import ServerProcess
     from server import imageio
 
     jpeg = make_jpeg(args.width, args.height)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from addon.client import TOKEN_ENV, Client, ClientError, ServerProcess  # noqa: E402
+from addon.protocol.client import TOKEN_ENV, Client, ClientError, ServerProcess  # noqa: E402
 from server.service import is_loopback  # noqa: E402
 
 TEST_ENGINE = "tests.wire.fake_engine:make_engine"

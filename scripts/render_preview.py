@@ -47,7 +47,7 @@ def render_preview(result_path: str, image_path: str, out_path: str, rig: str | 
     import numpy as np
     from PIL import Image
 
-    from addon.import_result import import_result
+    from addon.scene.import_result import import_result
 
     if not 0.0 < opacity <= 1.0:
         raise ValueError(f"opacity must be in (0, 1], got {opacity}")

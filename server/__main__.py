@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from addon import cli_args
+from addon.protocol import cli_args
 
 DEFAULT_ENGINE = "server.engine:load_engine"
 log = logging.getLogger("server")
@@ -178,7 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          f"characters in {service.TOKEN_ENV}")
     ssl_context = None
     if args.tls_cert:
-        from addon.tls import TlsError, server_context
+        from addon.protocol.tls import TlsError, server_context
 
         try:
             ssl_context = server_context(args.tls_cert, args.tls_key)
@@ -234,7 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _read_masks(paths: Sequence[str]) -> list[np.ndarray]:
     from PIL import Image
 
-    from addon.masks import MaskError, gray_levels, mask_values
+    from addon.protocol.masks import MaskError, gray_levels, mask_values
 
     masks = []
     for path in paths:
@@ -299,7 +299,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         result = engine.reconstruct(request)
         rig = engine.rig_data()
     # The rig travels inside the file (rig_* arrays) so Blender can import it with numpy only.
-    from addon.import_result import with_rig_arrays
+    from addon.protocol.result_file import with_rig_arrays
 
     save_result(out, with_rig_arrays(result, rig))
     log.info("wrote %s", out)
@@ -308,7 +308,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def _reconstruct_remote(args: argparse.Namespace, image_path: Path, boxes: np.ndarray | None,
                         masks: list[np.ndarray] | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from addon.client import TOKEN_ENV, Client
+    from addon.protocol.client import TOKEN_ENV, Client
 
     token = os.environ.get(TOKEN_ENV, "")
     if not token:
@@ -316,7 +316,7 @@ def _reconstruct_remote(args: argparse.Namespace, image_path: Path, boxes: np.nd
     host, port = args.connect
     tls = None
     if args.tls_ca or args.tls_pin:
-        from addon.tls import TlsError, TlsSettings
+        from addon.protocol.tls import TlsError, TlsSettings
 
         try:
             tls = TlsSettings(ca_file=args.tls_ca, pin_sha256=args.tls_pin)

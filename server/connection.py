@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Mapping
 
-from addon import wire
+from addon.protocol import wire
 
 log = logging.getLogger("server.service")
 

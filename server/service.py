@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The socket server: one resident engine, many authenticated connections.
 
-Each connection has a reader thread that parses frames (`addon.wire`), checks the hello/token
+Each connection has a reader thread that parses frames (`addon.protocol.wire`), checks the hello/token
 handshake and turns requests into jobs, and a writer thread that sends its replies
 (server/connection.py), so a client that stops reading never blocks anyone else. A single model
 worker thread runs the jobs from a bounded queue that takes turns between connections
@@ -29,7 +29,8 @@ from typing import Any, Callable, Mapping, cast
 
 import numpy as np
 
-from addon import tls, wire
+from addon.protocol import tls
+from addon.protocol import wire
 from server import oom
 from server.connection import Connection
 from server.errors import BAD_INPUT, CANCELLED, INTERNAL, OUT_OF_MEMORY

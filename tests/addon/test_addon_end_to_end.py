@@ -27,8 +27,8 @@ WAIT_S = 60.0
 @pytest.fixture
 def context(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     for ctx in enabled_addon():
-        ops = sys.modules[f"{PACKAGE}.operators"]
-        monkeypatch.setattr(sys.modules[f"{PACKAGE}.session"], "EXTRA_SERVER_ARGS", ENGINE)
+        ops = sys.modules[f"{PACKAGE}.ui.operators"]
+        monkeypatch.setattr(sys.modules[f"{PACKAGE}.ui.session"], "EXTRA_SERVER_ARGS", ENGINE)
         prefs = ctx.preferences.addons[PACKAGE].preferences
         prefs.server_python = sys.executable
         prefs.checkpoint_source = "FOLDER"
@@ -38,7 +38,7 @@ def context(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 
 def wait_until_idle(context) -> None:
-    ops = sys.modules[f"{PACKAGE}.operators"]
+    ops = sys.modules[f"{PACKAGE}.ui.operators"]
     deadline = time.monotonic() + WAIT_S
     while ops.drain_events(context):
         assert time.monotonic() < deadline, "the job did not finish"
@@ -46,7 +46,7 @@ def wait_until_idle(context) -> None:
 
 
 def test_reconstruct_operator_with_a_server_process(context, tmp_path: Path) -> None:
-    ops = sys.modules[f"{PACKAGE}.operators"]
+    ops = sys.modules[f"{PACKAGE}.ui.operators"]
     live = context.window_manager.sam3d_body_status
     settings = context.scene.sam3d_body
     settings.image_source = "FILE"
@@ -80,7 +80,7 @@ def test_reconstruct_operator_with_a_server_process(context, tmp_path: Path) -> 
 
 
 def test_start_server_operator_loads_the_rig(context) -> None:
-    ops = sys.modules[f"{PACKAGE}.operators"]
+    ops = sys.modules[f"{PACKAGE}.ui.operators"]
     assert bpy.ops.sam3d_body.server_start() == {"FINISHED"}
     wait_until_idle(context)
     live = context.window_manager.sam3d_body_status
@@ -89,8 +89,8 @@ def test_start_server_operator_loads_the_rig(context) -> None:
 
 
 def test_a_server_that_cannot_start_reports_its_log(context, tmp_path: Path) -> None:
-    ops = sys.modules[f"{PACKAGE}.operators"]
-    sys.modules[f"{PACKAGE}.session"].EXTRA_SERVER_ARGS = ["--engine",
+    ops = sys.modules[f"{PACKAGE}.ui.operators"]
+    sys.modules[f"{PACKAGE}.ui.session"].EXTRA_SERVER_ARGS = ["--engine",
                                                            "no_such_module:make_engine"]
     settings = context.scene.sam3d_body
     settings.image_source = "FILE"
@@ -160,7 +160,7 @@ def test_cli_turns_arguments_into_the_request(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
-    from addon import cli
+    from addon.cli import photo as cli
 
     photo = write_photo(tmp_path / "p.png", 8, 6)
     mask = np.zeros((6, 8), np.uint8)

@@ -21,8 +21,9 @@ bpy = pytest.importorskip("bpy")
 
 from addon_helpers import PACKAGE, enabled_addon, write_photo  # noqa: E402
 
-from addon import installer_ui, session  # noqa: E402
-from addon.client import Job, JobRunner  # noqa: E402
+from addon.ui import installer as installer_ui
+from addon.ui import session  # noqa: E402
+from addon.protocol.client import Job, JobRunner  # noqa: E402
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def prefs(context):
 
 
 def ops():
-    return sys.modules[f"{PACKAGE}.operators"]
+    return sys.modules[f"{PACKAGE}.ui.operators"]
 
 
 def photo_with_alpha(path: Path, width: int = 40, height: int = 30) -> Path:
@@ -113,7 +114,7 @@ def test_cli_mask_files_keep_their_values(tmp_path: Path) -> None:
     """python -m addon.cli --mask: 0/1 stays 0/1, 0/255 stays 0/255 (Blender's image loader)."""
     from PIL import Image
 
-    from addon.cli import UsageError, read_mask
+    from addon.cli.photo import UsageError, read_mask
 
     for top in (1, 255):
         m = np.zeros((24, 32), np.uint8)
@@ -202,7 +203,7 @@ def test_connection_check_messages(context) -> None:
 
 
 def test_connection_check_wrong_token_and_server_details(context, tmp_path: Path) -> None:
-    from addon.client import ServerProcess
+    from addon.protocol.client import ServerProcess
 
     server = ServerProcess(sys.executable, checkpoint=str(tmp_path), device="cpu",
                            extra_args=["--engine", "tests.addon.synthetic_engine:make_engine"])

@@ -15,7 +15,7 @@ bpy = pytest.importorskip("bpy")
 import synthetic_engine as synthetic  # noqa: E402
 from addon_helpers import PACKAGE, enabled_addon, write_photo  # noqa: E402
 
-from addon.client import Job, JobEvent, JobRunner  # noqa: E402
+from addon.protocol.client import Job, JobEvent, JobRunner  # noqa: E402
 
 A = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float64)  # MHR -> Blender axes
 
@@ -26,7 +26,7 @@ def context():
 
 
 def ops_module():
-    return sys.modules[f"{PACKAGE}.operators"]
+    return sys.modules[f"{PACKAGE}.ui.operators"]
 
 
 def reconstruct_error(context) -> str:

@@ -75,8 +75,8 @@ def test_zip_holds_the_addon_and_server_only(built_zip: Path) -> None:
         names = set(z.namelist())
         init = z.read("__init__.py").decode()
     for required in ("__init__.py", "blender_manifest.toml", "LICENSE", "addon/__init__.py",
-                     "addon/operators.py", "addon/panel.py", "addon/preferences.py",
-                     "addon/properties.py", "addon/client.py", "addon/wire.py",
+                     "addon/ui/operators.py", "addon/ui/panel.py", "addon/ui/preferences.py",
+                     "addon/ui/properties.py", "addon/protocol/client.py", "addon/protocol/wire.py",
                      "server/__init__.py", "server/__main__.py"):
         assert required in names, required
     top = {name.split("/")[0] for name in names}
@@ -92,8 +92,8 @@ def test_zip_holds_the_addon_and_server_only(built_zip: Path) -> None:
 
 
 def test_addon_package_imports_without_bpy() -> None:
-    # The server imports addon.wire in a Python without bpy: the package must not pull it in.
-    code = ("import sys; import addon, addon.wire, addon.client, addon.result, addon.cli; "
+    # The server imports addon.protocol.wire in a Python without bpy: the package must not pull it in.
+    code = ("import sys; import addon, addon.protocol.wire, addon.protocol.client, addon.protocol.results, addon.cli; "
             "assert 'bpy' not in sys.modules, 'bpy imported'; print(addon.root_package())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

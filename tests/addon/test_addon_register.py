@@ -86,10 +86,10 @@ def test_installed_extension_registers_and_unregisters(extension_zip: Path) -> N
         assert type(prefs).bl_idname == key
         assert prefs.checkpoint_repo and prefs.device == "auto"
         # The installed copy is what runs, with the server next to it for PYTHONPATH.
-        module = sys.modules[key + ".addon.operators"]
-        installed = Path(module.__file__).resolve().parents[1]
+        module = sys.modules[key + ".addon.ui.operators"]
+        installed = Path(module.__file__).resolve().parents[2]
         assert installed != ROOT and (installed / "server" / "__main__.py").is_file()
-        client = sys.modules[key + ".addon.client"]
+        client = sys.modules[key + ".addon.protocol.client"]
         assert client.project_root() == installed
         # Writable cache under the user's extension data, not inside the add-on.
         cache = Path(module.cache_dir())
@@ -112,8 +112,8 @@ def test_installed_extension_runs_its_shipped_server(extension_zip: Path, tmp_pa
     install(extension_zip)
     try:
         context = bpy.context
-        ops = sys.modules[KEY + ".addon.operators"]
-        monkeypatch.setattr(sys.modules[KEY + ".addon.session"], "EXTRA_SERVER_ARGS",
+        ops = sys.modules[KEY + ".addon.ui.operators"]
+        monkeypatch.setattr(sys.modules[KEY + ".addon.ui.session"], "EXTRA_SERVER_ARGS",
                             list(ENGINE))
         prefs = context.preferences.addons[KEY].preferences
         prefs.server_python = sys.executable
@@ -131,7 +131,7 @@ def test_installed_extension_runs_its_shipped_server(extension_zip: Path, tmp_pa
         assert live.last_error == "", live.last_error + live.log_tail
         assert [o.type for o in bpy.data.objects].count("ARMATURE") == 1
         server = ops.SESSION.runner.server
-        installed = Path(ops.__file__).resolve().parents[1]
+        installed = Path(ops.__file__).resolve().parents[2]
         assert server.root.resolve() == installed
         assert server.command[1:4] == ["-m", "server", "serve"]
     finally:

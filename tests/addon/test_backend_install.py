@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The managed backend installer (addon/backend_install.py and its helper modules).
+"""The managed backend installer (addon/backend/install.py and its helper modules).
 
 No network: the real `Installer` runs `python -m venv` and pip with `--no-index --find-links`
 over tiny wheels written here by hand; PyTorch is skipped (torch_variant="none") and its
@@ -24,8 +24,8 @@ from typing import Iterator
 
 import pytest
 
-from addon import backend_install as bi
-from addon.backend_pip import PipProgress, explain_failure, pip_supports_raw
+from addon.backend import install as bi
+from addon.backend.pip import PipProgress, explain_failure, pip_supports_raw
 
 BASE_PYTHON = sys.executable
 TINY_MODULES = {"tinya": "tinya", "tinyb": "tinyb"}

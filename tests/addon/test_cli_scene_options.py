@@ -20,8 +20,9 @@ bpy = pytest.importorskip("bpy")
 import synthetic_engine as synthetic  # noqa: E402
 from addon_helpers import write_photo  # noqa: E402
 
-from addon import cli, cli_from_result  # noqa: E402
-from addon.import_result import with_rig_arrays  # noqa: E402
+from addon.cli import photo as cli
+from addon.cli import from_result as cli_from_result  # noqa: E402
+from addon.protocol.result_file import with_rig_arrays  # noqa: E402
 
 
 def saved_result(tmp_path: Path) -> str:

@@ -1,5 +1,5 @@
 """The MHR-70 labels the markers send must be the ones the model was trained with."""
-from addon.keypoints import KEYPOINT_INDEX, MHR70_NAMES
+from addon.scene.keypoints import KEYPOINT_INDEX, MHR70_NAMES
 
 
 def test_labels_the_pipeline_depends_on() -> None:

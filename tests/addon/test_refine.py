@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from addon import keypoints as kp
+from addon.scene import keypoints as kp
 from tests.conftest import PARITY
 
 K = np.array([[600.0, 0, 250.0], [0, 610.0, 260.0], [0, 0, 1]])
@@ -94,7 +94,7 @@ def context(tmp_path: Path):
 
 
 def wait_until_idle(context) -> None:
-    from addon import session
+    from addon.ui import session
 
     deadline = time.monotonic() + WAIT_S
     while session.drain_events(context):
@@ -131,7 +131,8 @@ def test_refine_moves_markers_to_prompts_and_poses_in_place(context) -> None:
     import bpy
     from bpy_extras.object_utils import world_to_camera_view
 
-    from addon import refine, session
+    from addon.ui import refine
+    from addon.ui import session
 
     assert bpy.ops.sam3d_body.reconstruct() == {"FINISHED"}
     wait_until_idle(context)

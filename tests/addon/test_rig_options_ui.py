@@ -21,8 +21,8 @@ import synthetic_engine as synthetic  # noqa: E402
 from addon_helpers import PACKAGE, enabled_addon, write_photo  # noqa: E402
 from test_addon_register import _draw_panel, _snapshot  # noqa: E402
 
-from addon.apply import apply_result  # noqa: E402
-from addon.import_result import with_rig_arrays  # noqa: E402
+from addon.scene.apply import apply_result  # noqa: E402
+from addon.protocol.result_file import with_rig_arrays  # noqa: E402
 
 PER_PERSON = ("pred_cam_t", "focal_length", "bbox", "pred_vertices", "mhr_skel_state",
               "mhr_rest_skel_state", "mhr_vertices", "mhr_rest_vertices")
@@ -86,7 +86,7 @@ def test_rig_only_build_has_the_same_posed_armatures(proportions) -> None:
 
 
 def test_character_settings_reach_apply_options(context) -> None:
-    ops = sys.modules[f"{PACKAGE}.operators"]
+    ops = sys.modules[f"{PACKAGE}.ui.operators"]
     settings = context.scene.sam3d_body
     options = ops.apply_options(context)
     assert (options["proportions"], options["mesh"], options["naming"]) == ("baked", True, "mhr")
@@ -96,7 +96,7 @@ def test_character_settings_reach_apply_options(context) -> None:
     options = ops.apply_options(context)
     assert (options["proportions"], options["mesh"], options["naming"]) == ("exact", False,
                                                                           "mixamo")
-    from addon.apply import DEFAULT_OPTIONS
+    from addon.scene.apply import DEFAULT_OPTIONS
     assert set(options) <= set(DEFAULT_OPTIONS)  # apply_result accepts every one of them
     tip = type(settings).bl_rna.properties["proportions"].enum_items["exact"].description
     assert "Clear Pose" in tip
@@ -118,7 +118,7 @@ def test_panels_draw_the_new_settings_without_writing(context) -> None:
 def test_import_menu_entry_follows_registration() -> None:
     gen = enabled_addon()
     next(gen)
-    ops = sys.modules[f"{PACKAGE}.operators"]
+    ops = sys.modules[f"{PACKAGE}.ui.operators"]
     try:
         assert ops.menu_import in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize()
     finally:
@@ -171,7 +171,7 @@ def test_import_result_operator_reports_bad_inputs(context, tmp_path: Path) -> N
             bpy.ops.sam3d_body.import_result(**kwargs)
     assert not bpy.data.objects
 
-    from addon.result import save_rig_npz
+    from addon.protocol.results import save_rig_npz
     rig_path = tmp_path / "rig.npz"
     save_rig_npz(str(rig_path), synthetic.rig_data())
     assert bpy.ops.sam3d_body.import_result(filepath=no_rig, rig_path=str(rig_path)) == {
@@ -183,7 +183,7 @@ def test_import_result_operator_reports_bad_inputs(context, tmp_path: Path) -> N
 
 
 def test_export_fbx_operator_uses_the_preset(context, tmp_path: Path, monkeypatch) -> None:
-    import addon.export as export
+    import addon.scene.export as export
 
     seen = []
     real = export.export_fbx

@@ -8,8 +8,8 @@ import bpy
 from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Vector
 
-from addon.apply import apply_result
-from addon.builder import CORRECTIVE_KEY
+from addon.scene.apply import apply_result
+from addon.scene.builder import CORRECTIVE_KEY
 from addon.rig import axes, skeleton
 from addon.rig.camera import project_camera_points
 from tests.blender.helpers import evaluated_world_vertices, numpy_lbs_blender, write_png

@@ -9,7 +9,7 @@ import bpy
 from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Vector
 
-from addon.apply import apply_result
+from addon.scene.apply import apply_result
 from addon.rig import axes
 from tests.blender.helpers import evaluated_world_vertices
 from tests.conftest import require

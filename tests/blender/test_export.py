@@ -11,8 +11,8 @@ import pytest
 
 import bpy
 
-from addon.apply import apply_result
-from addon.export import export_fbx, export_glb, fbx_settings
+from addon.scene.apply import apply_result
+from addon.scene.export import export_fbx, export_glb, fbx_settings
 from tests.blender.helpers import evaluated_world_vertices
 from tests.conftest import ROOT
 
@@ -77,7 +77,7 @@ def test_glb_export_writes_a_skinned_file(scene, lod1_result, lod1_rig, tmp_path
         "import sys, bpy\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         f"bpy.ops.wm.open_mainfile(filepath={str(blend)!r})\n"
-        "from addon.export import export_glb\n"
+        "from addon.scene.export import export_glb\n"
         f"export_glb({str(out)!r}, [bpy.data.objects[{objs[0].name!r}]])\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -10,8 +10,8 @@ import pytest
 
 import bpy
 
-from addon.apply import apply_result
-from addon.export import export_fbx
+from addon.scene.apply import apply_result
+from addon.scene.export import export_fbx
 from addon.rig import naming
 from tests.blender.helpers import evaluated_world_vertices
 

@@ -10,9 +10,10 @@ import pytest
 
 import bpy
 
-from addon.import_result import (RIG_PREFIX, import_result, load_result_file, split_rig_arrays,
+from addon.scene.import_result import import_result
+from addon.protocol.result_file import (RIG_PREFIX, load_result_file, split_rig_arrays,
                                  with_rig_arrays)
-from addon.result import save_rig_npz
+from addon.protocol.results import save_rig_npz
 from addon.rig import axes
 from tests.blender.helpers import evaluated_world_vertices
 from tests.conftest import ROOT
@@ -79,7 +80,7 @@ def test_bad_result_files_are_rejected(scene, lod1_result, lod1_rig, tmp_path):
 def test_cli_from_result_with_mhr(standin_lod1, lod1_result, tmp_path):
     path = _save(tmp_path / "RESULT.npz", lod1_result)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "addon.cli_from_result", path, "--mhr", str(standin_lod1),
+    cmd = [sys.executable, "-m", "addon.cli.from_result", path, "--mhr", str(standin_lod1),
            "--blend", str(tmp_path / "out.blend"), "--fbx", str(tmp_path / "out.fbx"),
            "--preset", "unity"]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -6,7 +6,7 @@ import pytest
 
 import bpy
 
-from addon.apply import apply_result
+from addon.scene.apply import apply_result
 from addon.rig import axes, naming
 from addon.rig.skinning import linear_blend_skinning, skinning_transforms
 from tests.blender.helpers import evaluated_world_vertices

@@ -5,7 +5,7 @@ import importlib.util
 
 import numpy as np
 
-from addon.import_result import with_rig_arrays
+from addon.protocol.result_file import with_rig_arrays
 from addon.rig.camera import project_camera_points
 from tests.conftest import ROOT
 

@@ -14,9 +14,9 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from addon.apply import apply_result  # noqa: E402
-from addon.client import ServerProcess  # noqa: E402
-from addon.export import export_fbx  # noqa: E402
+from addon.scene.apply import apply_result  # noqa: E402
+from addon.protocol.client import ServerProcess  # noqa: E402
+from addon.scene.export import export_fbx  # noqa: E402
 
 BOX = [[20, 10, 370, 512]]
 

@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from addon import wire
-from addon.client import Client, ServerProcess
+from addon.protocol import wire
+from addon.protocol.client import Client, ServerProcess
 from server import service as service_mod
 from tests.conftest import ROOT
 from tests.wire import fake_engine

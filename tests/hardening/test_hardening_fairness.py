@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from addon import wire
+from addon.protocol import wire
 from server.fair_queue import FairQueue
 from tests.hardening.hardening_support import (TOKEN, assert_serves, hang_image, image,
                                                raw_connect, raw_hello, replies_until,

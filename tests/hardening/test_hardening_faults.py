@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from addon import wire
-from addon.client import Client, JobRunner
+from addon.protocol import wire
+from addon.protocol.client import Client, JobRunner
 from tests.hardening import stubborn_engine
 from tests.hardening.hardening_support import (hang_image, image, make_server, raw_connect,
                                                raw_hello, wait_progress)

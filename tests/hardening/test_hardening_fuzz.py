@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the frame parser and the message validator (addon/wire.py).
+"""Property-based fuzzing of the frame parser and the message validator (addon/protocol/wire.py).
 
 Whatever the bytes, the parser either returns a valid message or raises a `wire.WireError`
 subclass: never another exception, never a hang, and a decoded message always re-encodes to a
@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from addon import wire
+from addon.protocol import wire
 
 _BASE = settings(derandomize=True, database=None, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

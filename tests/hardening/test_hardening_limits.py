@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from addon import wire
-from addon.client import Client, RemoteError
+from addon.protocol import wire
+from addon.protocol.client import Client, RemoteError
 from tests.hardening.hardening_support import (TOKEN, assert_serves, image, raw_connect,
                                                raw_hello, start_service)
 

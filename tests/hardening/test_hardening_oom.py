@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from addon.client import Client, RemoteError
+from addon.protocol.client import Client, RemoteError
 from server import oom
 from server.errors import OUT_OF_MEMORY, ServerError
 from tests.hardening.hardening_support import TOKEN, assert_serves, image, start_service

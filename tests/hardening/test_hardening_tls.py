@@ -10,8 +10,9 @@ import threading
 
 import pytest
 
-from addon import tls, wire
-from addon.client import Client, ConnectionLost, JobRunner
+from addon.protocol import tls
+from addon.protocol import wire
+from addon.protocol.client import Client, ConnectionLost, JobRunner
 from server import service as service_mod
 from tests.hardening.hardening_support import (ENGINE_ARGS, PYTHON, ROOT, TOKEN, image,
                                                make_self_signed, start_service)

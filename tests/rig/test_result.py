@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from addon.result import (Result, RigData, load_result_npz, load_rig_npz, save_result_npz,
+from addon.protocol.results import (Result, RigData, load_result_npz, load_rig_npz, save_result_npz,
                           save_rig_npz, stack_persons)
 from tests.rig.standin_data import standin_result, standin_rig
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from addon.client import ServerProcess
+from addon.protocol.client import ServerProcess
 from tests.conftest import ROOT
 
 ENGINE_ARGS = ["--engine", "tests.wire.fake_engine:make_engine"]

@@ -1,10 +1,10 @@
-"""addon/masks.py: mask files keep the values Meta's code would get, and unusable ones are refused."""
+"""addon/protocol/masks.py: mask files keep the values Meta's code would get, and unusable ones are refused."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from addon.masks import MaskError, gray_levels, mask_values
+from addon.protocol.masks import MaskError, gray_levels, mask_values
 
 
 def _mask(values) -> np.ndarray:

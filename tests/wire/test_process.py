@@ -1,4 +1,4 @@
-"""A real `python -m server serve` subprocess (test-double engine) driven by addon/client.py."""
+"""A real `python -m server serve` subprocess (test-double engine) driven by addon/protocol/client.py."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from addon import wire
-from addon.client import (Client, ConnectionLost, JobRunner, RemoteError, ServerProcess,
+from addon.protocol import wire
+from addon.protocol.client import (Client, ConnectionLost, JobRunner, RemoteError, ServerProcess,
                           ServerStartError)
 from tests.conftest import ROOT
 from tests.wire import fake_engine
@@ -223,7 +223,7 @@ def test_server_exits_when_its_parent_dies():
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from addon.client import ServerProcess
+        from addon.protocol.client import ServerProcess
         server = ServerProcess({PYTHON!r}, root={str(ROOT)!r}, device="cpu",
                                extra_args={ENGINE_ARGS!r}, ready_timeout=60)
         server.start()

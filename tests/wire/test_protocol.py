@@ -1,4 +1,4 @@
-"""addon/wire.py: frame layout, round trips of every message type and dtype, and refusals."""
+"""addon/protocol/wire.py: frame layout, round trips of every message type and dtype, and refusals."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from addon import wire
+from addon.protocol import wire
 
 
 def roundtrip(type, id, fields=None, arrays=None, limits=wire.Limits()) -> wire.Message:

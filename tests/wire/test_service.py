@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from addon import wire
-from addon.client import Client, ConnectionLost, RemoteError
+from addon.protocol import wire
+from addon.protocol.client import Client, ConnectionLost, RemoteError
 from server import service as service_mod
 from tests.wire import fake_engine
 

@@ -29,10 +29,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import cli_args, cli_from_result
-from .cli_from_result import (add_scene_options, apply_options, check_outputs,
+from ..protocol import cli_args
+from . import from_result as cli_from_result
+from .from_result import (add_scene_options, apply_options, check_outputs,
                               leave_if_gltf_would_hang, new_scene, save_outputs)
-from .client import JobEvent, JobRunner, ServerProcess
+from ..protocol.client import JobEvent, JobRunner, ServerProcess
 
 DEFAULT_REPO = "facebook/sam-3d-body-dinov3"
 
@@ -129,7 +130,7 @@ def read_mask(path: str) -> np.ndarray:
     read through Blender's image loader (no PIL in Blender)."""
     import bpy
 
-    from .masks import MaskError, gray_levels, mask_values
+    from ..protocol.masks import MaskError, gray_levels, mask_values
 
     image = bpy.data.images.load(os.path.abspath(path))
     try:
@@ -183,8 +184,8 @@ def run_jobs(runner: JobRunner, request: dict[str, Any], timeout: float | None =
 
 
 def build_scene(args: argparse.Namespace, rig: dict[str, Any], result: dict[str, Any]) -> None:
-    from .apply import apply_result
-    from .session import tag_armatures
+    from ..scene.apply import apply_result
+    from ..ui.session import tag_armatures
 
     try:
         context = new_scene()

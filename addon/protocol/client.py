@@ -65,7 +65,7 @@ class ServerStartError(ClientError):
 
 def project_root() -> Path:
     """The directory holding ``addon/`` and ``server/`` (the extension dir or the checkout)."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]  # addon/protocol/client.py
 
 
 class LogBuffer:

@@ -73,13 +73,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
 # The UI imports everything from this module; the helpers live in the modules named below.
-from .backend_env import (CHECK_PREFIX, MARKER_NAME, MARKER_TOOL, REQUIRED_MODULES, EnvReport,
+from .env import (CHECK_PREFIX, MARKER_NAME, MARKER_TOOL, REQUIRED_MODULES, EnvReport,
                           InstallError, check_argv, check_env, child_environment, claim,
                           disk_status, env_python, env_status, kill_tree, parse_report,
                           process_group_kwargs, read_marker, release, remove, venv_version,
                           write_marker)
-from .backend_pip import PipProgress, explain_failure, pip_supports_raw
-from .backend_platform import (CUDA_TAGS, DEFAULT_CUDA_TAG, SUPPORTED_PYTHON, TORCH_INDEX,
+from .pip import PipProgress, explain_failure, pip_supports_raw
+from .platform import (CUDA_TAGS, DEFAULT_CUDA_TAG, SUPPORTED_PYTHON, TORCH_INDEX,
                                TORCH_VARIANTS, PlatformInfo, TorchChoice, candidate_base_pythons,
                                choose_torch, detect_platform)
 
@@ -94,7 +94,7 @@ __all__ = [
 
 TORCH_REQUIREMENT = "torch>=2.3"
 LOG_NAME = "install.log"
-DEFAULT_REQUIREMENTS = Path(__file__).resolve().parents[1] / "server" / "requirements.txt"
+DEFAULT_REQUIREMENTS = Path(__file__).resolve().parents[2] / "server" / "requirements.txt"
 _GB = 1024**3
 # (download bytes, disk bytes) per torch variant: drives the progress bar and the space check.
 _TORCH_SIZES = {"cuda": (3.2 * _GB, 8 * _GB), "cpu": (0.25 * _GB, 2 * _GB),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .backend_env import InstallError, no_window
+from .env import InstallError, no_window
 
 SUPPORTED_PYTHON = ((3, 10), (3, 12))  # inclusive (major, minor) range the server supports
 

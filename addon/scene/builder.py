@@ -13,8 +13,8 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from .rig.camera import CameraParams
-from .rig.naming import BONE_COLLECTIONS
+from ..rig.camera import CameraParams
+from ..rig.naming import BONE_COLLECTIONS
 
 MATERIAL_NAME = "SAM3D Body Skin"
 CORRECTIVE_KEY = "pose_correctives"

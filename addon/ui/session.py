@@ -20,9 +20,9 @@ from typing import Any, Mapping
 import bpy
 
 from . import preferences
-from .client import Job, JobEvent, JobRunner, ServerProcess
+from ..protocol.client import Job, JobEvent, JobRunner, ServerProcess
 from .properties import scene_settings, status
-from .tls import TlsError, TlsSettings
+from ..protocol.tls import TlsError, TlsSettings
 
 UNDO_MESSAGE = "SAM 3D Body Reconstruct"
 UNDO_REFINE = "SAM 3D Body Refine"
@@ -122,8 +122,8 @@ def server_config(context: bpy.types.Context) -> dict[str, Any]:
 def server_python(prefs: Any) -> str:
     """The interpreter that runs the server: the managed environment's or a custom one."""
     if prefs.python_source == "MANAGED":
-        from .installer_ui import managed_env_dir
-        from .backend_install import env_python, env_status
+        from .installer import managed_env_dir
+        from ..backend.install import env_python, env_status
 
         env_dir = managed_env_dir()
         state = env_status(env_dir)
@@ -327,7 +327,7 @@ def tag_armatures(created: list[Any], result: dict[str, Any], image_path: str | 
 
 
 def _apply_pending(context: bpy.types.Context) -> None:
-    from .apply import apply_result  # numpy-heavy; loaded on first use
+    from ..scene.apply import apply_result  # numpy-heavy; loaded on first use
 
     pending = SESSION.pending
     assert pending is not None and pending.result is not None and SESSION.rig is not None
@@ -475,7 +475,7 @@ def describe_server(info: dict[str, Any]) -> str:
 
 def check_connection(config: dict[str, Any], timeout: float = 10.0) -> str:
     """Blocking: connect with these settings and describe the server, or say what failed."""
-    from .client import Client, ClientError, RemoteError
+    from ..protocol.client import Client, ClientError, RemoteError
 
     if "address" in config:
         host, port, token = config["address"]

@@ -23,8 +23,8 @@ import os
 import sys
 from typing import Any, Sequence
 
-from .export import FBX_PRESETS
-from .rig.naming import PRESETS as NAMING_PRESETS
+from ..scene.export import FBX_PRESETS
+from ..rig.naming import PRESETS as NAMING_PRESETS
 
 PROG = "python -m addon.cli --from-result"
 
@@ -93,7 +93,7 @@ def save_outputs(context: Any, args: argparse.Namespace, created: Sequence[Any])
     Raises ValueError / RuntimeError / OSError with a clear message."""
     import bpy
 
-    from .export import export_fbx, export_glb
+    from ..scene.export import export_fbx, export_glb
 
     blend = os.path.abspath(args.blend)
     bpy.ops.wm.save_as_mainfile(filepath=blend)
@@ -144,7 +144,7 @@ def _check_files(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> None:
     """Build, save and export; raises ValueError/RuntimeError/OSError with a clear message."""
-    from .import_result import import_result
+    from ..scene.import_result import import_result
 
     context = new_scene()
     created = import_result(context, args.result, rig=args.mhr or args.rig,
@@ -170,4 +170,4 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m addon.cli_from_result"))
+    sys.exit(main(prog="python -m addon.cli.from_result"))

@@ -10,7 +10,7 @@ from typing import Any, cast
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from . import root_package
+from .. import root_package
 
 CHECKPOINT_SOURCES = [
     ("REPO", "Hugging Face", "Download (once) from a Hugging Face model repository"),
@@ -163,7 +163,7 @@ class SAM3D_AP_preferences(bpy.types.AddonPreferences):
             return
         layout.prop(self, "python_source", expand=True)
         if self.python_source == "MANAGED":
-            from .installer_ui import draw_installer
+            from .installer import draw_installer
 
             draw_installer(layout, context, self, status)
         else:

@@ -16,7 +16,8 @@ import bpy
 import numpy as np
 from bpy.props import StringProperty
 
-from . import preferences, root_package
+from . import preferences
+from .. import root_package
 from .properties import scene_settings, status
 from .session import (SESSION, InputError, PendingReconstruct, _tls_settings, drain_events,
                       ensure_timer, server_config, status_bar, update_server_state)
@@ -445,7 +446,7 @@ class SAM3D_OT_export_fbx(_ExportOperator, bpy.types.Operator):
     suffix, what, setting = ".fbx", "FBX", "export_path"
 
     def write(self, context: bpy.types.Context, path: str, objects: list[Any]) -> None:
-        from .export import export_fbx
+        from ..scene.export import export_fbx
 
         export_fbx(path, objects, scene_settings(context).export_preset, context=context)
 
@@ -459,7 +460,7 @@ class SAM3D_OT_export_glb(_ExportOperator, bpy.types.Operator):
     suffix, what, setting = ".glb", "glTF", "glb_path"
 
     def write(self, context: bpy.types.Context, path: str, objects: list[Any]) -> None:
-        from .export import export_glb
+        from ..scene.export import export_glb
 
         export_glb(path, objects, context=context)
 
@@ -507,7 +508,7 @@ class SAM3D_OT_import_result(bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
     def execute(self, context: bpy.types.Context) -> OperatorResult:
-        from .import_result import import_result
+        from ..scene.import_result import import_result
 
         try:
             path, image, rig = self.inputs()
@@ -584,7 +585,7 @@ CLASSES = (
 
 def _submodules() -> list[Any]:
     # Registered from here because addon/__init__.py lists the four historic modules.
-    from . import installer_ui, refine
+    from . import installer as installer_ui, refine
 
     return [installer_ui, refine]
 

@@ -19,7 +19,7 @@ from bpy.props import (
     StringProperty,
 )
 
-from .export import FBX_PRESETS
+from ..scene.export import FBX_PRESETS
 
 # Blender 4.5+ wants file paths to opt in to "//" (relative to the .blend); 4.2 has no such
 # flag and accepts them anyway.

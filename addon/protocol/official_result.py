@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .result import PERSON_ARRAYS
+from .results import PERSON_ARRAYS
 
 OUR_SKELETON = ("mhr_skel_state", "mhr_rest_vertices")
 NEEDED_FOR_SKELETON = ("mhr_model_params", "shape_params")

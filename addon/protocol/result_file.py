@@ -8,7 +8,7 @@ where torch is available (the headless CLI's environment), from MHR's TorchScrip
 with only Meta's official output names (addon/official_result.py) gets its skeleton and rest mesh
 from that same file's forward.
 
-No bpy at import time: only :func:`import_result` touches the scene (through apply_result).
+No bpy here: addon/scene/import_result.py builds the scene from what this module loads.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import official_result as official
-from .result import RIG_ARRAYS, Result, RigData, load_rig_npz
+from .results import RIG_ARRAYS, Result, RigData, load_rig_npz
 
 RIG_PREFIX = "rig_"
 
@@ -126,38 +126,3 @@ def resolve_rig(embedded: RigData | None, rig: RigData | Mapping[str, Any] | str
             return load_rig_npz(path)
         return rig_from_mhr(path)
     return RigData.from_mapping(rig)
-
-
-def import_result(context: Any, result_path: str | os.PathLike,
-                  rig: RigData | Mapping[str, Any] | str | os.PathLike | None = None,
-                  image_path: str | None = None,
-                  options: Mapping[str, Any] | None = None) -> list[Any]:
-    """Build the scene of a saved result exactly as a live reconstruction would.
-
-    Returns apply_result's objects (armature and mesh per person, then the camera). The
-    collection is named after the photo when given, else after the result file. The armatures
-    carry what Refine needs (photo, 2D keypoints, box, intrinsics), as after a live result.
-    """
-    from .apply import apply_result
-    from .session import tag_armatures
-
-    mhr = rig if isinstance(rig, (str, os.PathLike)) and not os.fspath(rig).lower().endswith(".npz") else None
-    result, embedded = load_result_file(result_path, mhr=mhr, image_size=_photo_size(image_path))
-    rig_data = resolve_rig(embedded, rig)
-    opts = dict(options or {})
-    if image_path is None and not opts.get("collection_name"):
-        opts["collection_name"] = os.path.splitext(os.path.basename(os.fspath(result_path)))[0]
-    created = apply_result(context, result, rig_data, image_path=image_path, options=opts)
-    tag_armatures(created, dict(result.arrays), image_path)
-    return created
-
-
-def _photo_size(image_path: str | None) -> tuple[int, int] | None:
-    """(W, H) of the photo through Blender's loader (no PIL inside Blender)."""
-    if not image_path or not os.path.isfile(image_path):
-        return None
-    import bpy
-
-    image = bpy.data.images.load(image_path, check_existing=True)
-    size = (int(image.size[0]), int(image.size[1]))
-    return size if min(size) > 0 else None

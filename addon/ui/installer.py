@@ -18,8 +18,9 @@ from typing import Any, Literal, cast
 
 import bpy
 
-from . import backend_install as bi
-from . import preferences, root_package
+from ..backend import install as bi
+from . import preferences
+from .. import root_package
 from .properties import status
 
 OperatorResult = set[
@@ -50,8 +51,8 @@ def managed_env_dir() -> str:
 
 
 def requirements_file() -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "server", "requirements.txt")
+    here = os.path.dirname(os.path.abspath(__file__))  # addon/ui
+    return os.path.join(os.path.dirname(os.path.dirname(here)), "server", "requirements.txt")
 
 
 def base_python(prefs: Any) -> str:
@@ -258,7 +259,7 @@ def describe_hf_access(stdout: str, stderr: str = "") -> str:
 
 def run_hf_check(python: str, repo: str, env: dict[str, str]) -> str:
     """Blocking: run the check in the server's Python and describe its answer."""
-    from .client import project_root
+    from ..protocol.client import project_root
 
     child_env = dict(os.environ)
     child_env.update(env)

@@ -10,12 +10,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .result import Result, RigData
-from .rig import naming
-from .rig.axes import mhr_to_blender_points, person_offset_blender
-from .rig.camera import camera_params
-from .rig.skeleton import MIN_BONE_LENGTH_CM, pose_basis, rest_bones, rest_with_matrices
-from .rig.skinning import corrective_offsets, linear_blend_skinning, skinning_transforms
+from ..protocol.results import Result, RigData
+from ..rig import naming
+from ..rig.axes import mhr_to_blender_points, person_offset_blender
+from ..rig.camera import camera_params
+from ..rig.skeleton import MIN_BONE_LENGTH_CM, pose_basis, rest_bones, rest_with_matrices
+from ..rig.skinning import corrective_offsets, linear_blend_skinning, skinning_transforms
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     # Add the pose correctives as a shape key so the posed mesh equals MHR's output exactly

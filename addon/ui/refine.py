@@ -22,7 +22,7 @@ from typing import Any, Literal, Mapping, cast
 import bpy
 import numpy as np
 
-from . import keypoints
+from ..scene import keypoints
 from .operators import JobOperator, submit_job
 from .properties import scene_settings, status
 from .session import (PROP_BBOX, PROP_CAM_INT, PROP_IMAGE, PROP_IMAGE_SIZE, PROP_KEYPOINTS,
@@ -184,10 +184,10 @@ def apply_refined_pose(context: bpy.types.Context, arm_name: str, result: Mappin
                        rig: Mapping[str, Any]) -> bpy.types.Object:
     """Pose the existing armature `arm_name` as person 0 of `result` (pose only: its rest
     skeleton and mesh basis are those of the first reconstruction)."""
-    from . import builder
-    from .result import Result, RigData
-    from .rig import naming
-    from .rig.skeleton import pose_basis, rest_bones, rest_with_matrices
+    from ..scene import builder
+    from ..protocol.results import Result, RigData
+    from ..rig import naming
+    from ..rig.skeleton import pose_basis, rest_bones, rest_with_matrices
 
     arm: bpy.types.Object | None = cast(Any, bpy.data.objects).get(arm_name)
     if arm is None or arm.type != "ARMATURE":
@@ -223,10 +223,10 @@ def _update_correctives(arm: Any, person: Any, rig_data: Any, plan: Any, skel: n
                         ref_state: np.ndarray) -> None:
     """Refit the corrective shape key to the new pose (it only fits the pose it was made for),
     relative to the mesh's own basis (its rest shape, left as it is)."""
-    from . import builder
-    from .rig import naming
-    from .rig.axes import blender_to_mhr_points, mhr_to_blender_points
-    from .rig.skinning import corrective_offsets, skinning_transforms
+    from ..scene import builder
+    from ..rig import naming
+    from ..rig.axes import blender_to_mhr_points, mhr_to_blender_points
+    from ..rig.skinning import corrective_offsets, skinning_transforms
 
     target = person.get("mhr_vertices")
     if target is None:

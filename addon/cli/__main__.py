@@ -1,0 +1,5 @@
+import sys
+
+from .photo import main
+
+sys.exit(main())
