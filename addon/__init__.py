@@ -2,7 +2,7 @@
 """SAM 3D Body for Blender: the add-on package.
 
 This module must stay importable without `bpy`: the inference server runs in a separate
-Python and imports `addon.wire` (and with it this package). Every module that needs `bpy` is
+Python and imports `addon.protocol` (and with it this package). Every module that needs `bpy` is
 imported inside `register()` / `unregister()`.
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ def root_package() -> str:
 def _modules() -> list[ModuleType]:
     # Registration order matters: property groups before the classes that point at them,
     # operators before the panels that draw their buttons.
-    from .ui import operators, panel, preferences, properties
+    from .ui import installer, operators, panel, preferences, properties, refine
 
-    return [properties, preferences, operators, panel]
+    return [properties, preferences, operators, installer, refine, panel]
 
 
 def register() -> None:

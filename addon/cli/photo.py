@@ -185,7 +185,7 @@ def run_jobs(runner: JobRunner, request: dict[str, Any], timeout: float | None =
 
 def build_scene(args: argparse.Namespace, rig: dict[str, Any], result: dict[str, Any]) -> None:
     from ..scene.apply import apply_result
-    from ..ui.session import tag_armatures
+    from ..scene.tags import tag_armatures
 
     try:
         context = new_scene()

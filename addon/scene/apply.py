@@ -16,6 +16,7 @@ from ..rig.axes import mhr_to_blender_points, person_offset_blender
 from ..rig.camera import camera_params
 from ..rig.skeleton import MIN_BONE_LENGTH_CM, pose_basis, rest_bones, rest_with_matrices
 from ..rig.skinning import corrective_offsets, linear_blend_skinning, skinning_transforms
+from .tags import PROP_REST_STATE as REST_STATE_PROP  # the key Refine reads back
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     # Add the pose correctives as a shape key so the posed mesh equals MHR's output exactly
@@ -36,7 +37,6 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "proportions": "baked",
 }
 PROPORTIONS = ("baked", "exact")
-REST_STATE_PROP = "sam3d_rest_skel_state"  # same key as addon/session.py PROP_REST_STATE
 
 
 def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:

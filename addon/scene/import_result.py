@@ -19,7 +19,7 @@ def import_result(context: Any, result_path: str | os.PathLike,
     carry what Refine needs (photo, 2D keypoints, box, intrinsics), as after a live result.
     """
     from .apply import apply_result
-    from ..ui.session import tag_armatures
+    from ..scene.tags import tag_armatures
 
     mhr = rig if isinstance(rig, (str, os.PathLike)) and not os.fspath(rig).lower().endswith(".npz") else None
     result, embedded = load_result_file(result_path, mhr=mhr, image_size=_photo_size(image_path))

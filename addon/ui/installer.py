@@ -12,15 +12,14 @@ import json
 import os
 import queue
 import subprocess
-import tempfile
 import threading
 from typing import Any, Literal, cast
 
 import bpy
 
 from ..backend import install as bi
-from . import preferences
-from .. import root_package
+from .package import addon_preferences
+from .paths import managed_env_dir
 from .properties import status
 
 OperatorResult = set[
@@ -30,7 +29,6 @@ POLL_S = 0.2
 # Test and development hooks: keyword arguments for plan_install (e.g. requirements,
 # torch_variant, check_modules) and a different environment folder.
 PLAN_OVERRIDES: dict[str, Any] = {}
-ENV_DIR_OVERRIDE: str | None = None
 
 
 class _State:
@@ -38,16 +36,6 @@ class _State:
 
 
 STATE = _State()
-
-
-def managed_env_dir() -> str:
-    """<extension user dir>/server-env (a temp folder when enabled as a plain package)."""
-    if ENV_DIR_OVERRIDE:
-        return ENV_DIR_OVERRIDE
-    try:
-        return bpy.utils.extension_path_user(root_package(), path="server-env", create=True)
-    except ValueError:  # not installed as an extension (tests, development checkout)
-        return os.path.join(tempfile.gettempdir(), "sam3d_body_server_env")
 
 
 def requirements_file() -> str:
@@ -68,7 +56,7 @@ def base_python(prefs: Any) -> str:
 
 def install_plan(context: bpy.types.Context) -> bi.InstallPlan:
     """The plan for the preferences' settings; InstallError says what is wrong."""
-    prefs = preferences.get(context)
+    prefs = addon_preferences(context)
     wheels = bpy.path.abspath(prefs.install_wheels.strip()) if prefs.install_wheels.strip() else ""
     if wheels and not os.path.isdir(wheels):
         raise bi.InstallError(f"Wheel folder not found: {wheels}")
@@ -283,7 +271,7 @@ class SAM3D_OT_check_hf_access(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> OperatorResult:
         from .session import InputError, server_python
 
-        prefs = preferences.get(context)
+        prefs = addon_preferences(context)
         repo = prefs.checkpoint_repo.strip()
         live = status(context)
         try:
@@ -366,11 +354,19 @@ CLASSES = (
 
 
 def register() -> None:
+    from .preferences import MANAGED_SECTION
+
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    if draw_installer not in MANAGED_SECTION:
+        MANAGED_SECTION.append(draw_installer)
 
 
 def unregister() -> None:
+    from .preferences import MANAGED_SECTION
+
+    if draw_installer in MANAGED_SECTION:
+        MANAGED_SECTION.remove(draw_installer)
     if STATE.installer is not None:
         STATE.installer.cancel()  # pip is not a daemon: do not leave it running
         STATE.installer = None

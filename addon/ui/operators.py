@@ -17,7 +17,7 @@ import numpy as np
 from bpy.props import StringProperty
 
 from . import preferences
-from .. import root_package
+from .package import root_package
 from .properties import scene_settings, status
 from .session import (SESSION, InputError, PendingReconstruct, _tls_settings, drain_events,
                       ensure_timer, server_config, status_bar, update_server_state)
@@ -165,7 +165,7 @@ def person_box(context: bpy.types.Context, width: int, height: int) -> list[floa
             raise InputError(f"Person box ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}) must have "
                              f"x1 < x2 <= {width} and y1 < y2 <= {height} (image pixels)")
         return [x1, y1, x2, y2]
-    from .session import PROP_BBOX
+    from ..scene.tags import PROP_BBOX
 
     index = int(settings.person_index)
     name = settings.last_collection
@@ -583,26 +583,15 @@ CLASSES = (
 )
 
 
-def _submodules() -> list[Any]:
-    # Registered from here because addon/__init__.py lists the four historic modules.
-    from . import installer as installer_ui, refine
-
-    return [installer_ui, refine]
-
-
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.TOPBAR_MT_file_import.append(menu_import)
-    for module in _submodules():
-        module.register()
 
 
 def unregister() -> None:
     from .session import stop_timer
 
-    for module in reversed(_submodules()):
-        module.unregister()
     stop_timer()
     SESSION.stop()
     bpy.types.TOPBAR_MT_file_import.remove(menu_import)

@@ -5,12 +5,12 @@ These belong to the computer, not to a .blend, so they are add-on preferences.
 """
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from .. import root_package
+from .package import addon_preferences, root_package
 
 CHECKPOINT_SOURCES = [
     ("REPO", "Hugging Face", "Download (once) from a Hugging Face model repository"),
@@ -163,9 +163,8 @@ class SAM3D_AP_preferences(bpy.types.AddonPreferences):
             return
         layout.prop(self, "python_source", expand=True)
         if self.python_source == "MANAGED":
-            from .installer import draw_installer
-
-            draw_installer(layout, context, self, status)
+            for draw in MANAGED_SECTION:
+                draw(layout, context, self, status)
         else:
             layout.prop(self, "server_python")
             if not self.server_python:
@@ -201,12 +200,14 @@ class SAM3D_AP_preferences(bpy.types.AddonPreferences):
             body.prop(self, "start_timeout")
 
 
+# Rows drawn under "Managed": the installer's (ui/installer.py adds them when it registers, so
+# the preferences need not import the installer, which reads the preferences).
+MANAGED_SECTION: list[Callable[..., None]] = []
+
+
 def get(context: bpy.types.Context) -> SAM3D_AP_preferences:
     """This add-on's preferences; raises KeyError when the add-on is not enabled."""
-    preferences = context.preferences
-    if preferences is None:
-        raise KeyError(root_package())
-    return preferences.addons[root_package()].preferences  # type: ignore[return-value]
+    return cast(SAM3D_AP_preferences, addon_preferences(context))
 
 
 CLASSES = (SAM3D_AP_preferences,)

@@ -23,6 +23,7 @@ from . import preferences
 from ..protocol.client import Job, JobEvent, JobRunner, ServerProcess
 from .properties import scene_settings, status
 from ..protocol.tls import TlsError, TlsSettings
+from ..scene.tags import tag_armatures
 
 UNDO_MESSAGE = "SAM 3D Body Reconstruct"
 UNDO_REFINE = "SAM 3D Body Refine"
@@ -30,16 +31,6 @@ POLL_BUSY_S = 0.1   # timer interval while a job runs
 POLL_IDLE_S = 1.0   # while the server idles (notices a crash between jobs)
 # Appended to `python -m server serve` (development: e.g. ["--engine", "module:factory"]).
 EXTRA_SERVER_ARGS: list[str] = []
-# Custom properties apply_result's armatures get here, for Refine (saved with the .blend).
-PROP_IMAGE = "sam3d_image"
-PROP_KEYPOINTS = "sam3d_keypoints_2d"   # 70*2 floats, image pixels
-PROP_BBOX = "sam3d_bbox"                # x1, y1, x2, y2
-PROP_CAM_INT = "sam3d_cam_int"          # fx, fy, cx, cy
-PROP_IMAGE_SIZE = "sam3d_image_size"    # W, H
-PROP_MODE = "sam3d_mode"
-PROP_REST_STATE = "sam3d_rest_skel_state"  # 127*8 floats: the person's zero-pose skeleton (cm)
-
-
 class InputError(Exception):
     """Something the user can fix in the panel or the preferences; the text says what."""
 
@@ -122,7 +113,7 @@ def server_config(context: bpy.types.Context) -> dict[str, Any]:
 def server_python(prefs: Any) -> str:
     """The interpreter that runs the server: the managed environment's or a custom one."""
     if prefs.python_source == "MANAGED":
-        from .installer import managed_env_dir
+        from .paths import managed_env_dir
         from ..backend.install import env_python, env_status
 
         env_dir = managed_env_dir()
@@ -300,32 +291,6 @@ def _handle_job_event(context: bpy.types.Context, event: JobEvent) -> None:
         _fail(context, _event_error(event), event.log_tail)
 
 
-def tag_armatures(created: list[Any], result: dict[str, Any], image_path: str | None) -> None:
-    """Remember what Refine needs on each armature (photo, 2D keypoints, box, intrinsics)."""
-    import numpy as np
-
-    arms = [obj for obj in created if getattr(obj, "type", "") == "ARMATURE"]
-    kp = np.asarray(result.get("pred_keypoints_2d", np.zeros((0, 70, 2))), dtype=np.float64)
-    boxes = np.asarray(result.get("bbox", np.zeros((0, 4))), dtype=np.float64)
-    cam_int = np.asarray(result.get("cam_int", np.eye(3)), dtype=np.float64)
-    size = np.asarray(result.get("image_size", (0, 0))).reshape(-1)
-    mode = str(np.asarray(result.get("mode", "body")))
-    rest_states = result.get("mhr_rest_skel_state")
-    for obj in arms:
-        i = int(obj.get("sam3d_person", arms.index(obj)))
-        if i >= kp.shape[0]:
-            continue
-        obj[PROP_IMAGE] = image_path or ""
-        obj[PROP_KEYPOINTS] = kp[i].reshape(-1).tolist()
-        if i < boxes.shape[0]:
-            obj[PROP_BBOX] = boxes[i].tolist()
-        obj[PROP_CAM_INT] = [cam_int[0, 0], cam_int[1, 1], cam_int[0, 2], cam_int[1, 2]]
-        obj[PROP_IMAGE_SIZE] = [int(size[0]), int(size[1])] if size.size == 2 else [0, 0]
-        obj[PROP_MODE] = mode
-        if rest_states is not None and i < len(rest_states):
-            obj[PROP_REST_STATE] = np.asarray(rest_states[i], dtype=np.float64).reshape(-1).tolist()
-
-
 def _apply_pending(context: bpy.types.Context) -> None:
     from ..scene.apply import apply_result  # numpy-heavy; loaded on first use
 
@@ -362,7 +327,7 @@ def _undo_push(message: str) -> None:
 
 
 def _apply_refine(context: bpy.types.Context, pending: PendingReconstruct) -> None:
-    from .refine import apply_refined_pose
+    from ..scene.refine_pose import apply_refined_pose
 
     assert pending.result is not None and SESSION.rig is not None
     live = status(context)

@@ -22,7 +22,9 @@ bpy = pytest.importorskip("bpy")
 from addon_helpers import PACKAGE, enabled_addon, write_photo  # noqa: E402
 
 from addon.ui import installer as installer_ui
+from addon.ui import paths as ui_paths
 from addon.ui import session  # noqa: E402
+from addon.scene import tags  # noqa: E402
 from addon.protocol.client import Job, JobRunner  # noqa: E402
 
 
@@ -76,7 +78,7 @@ def test_index_mode_needs_a_previous_reconstruction(context, tmp_path: Path) -> 
     arm = bpy.data.objects.new("photo_person1", bpy.data.armatures.new("a"))
     coll.objects.link(arm)
     arm["sam3d_person"] = 1
-    arm[session.PROP_BBOX] = [1.0, 2.0, 30.0, 40.0]
+    arm[tags.PROP_BBOX] = [1.0, 2.0, 30.0, 40.0]
     settings.last_collection = coll.name
     np.testing.assert_array_equal(ops().reconstruct_request(context, photo)["boxes"],
                                   [[1, 2, 30, 40]])
@@ -170,7 +172,7 @@ def test_custom_python_must_be_an_executable(context, tmp_path: Path) -> None:
 
 def test_managed_backend_not_installed_says_what_to_press(context, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(installer_ui, "ENV_DIR_OVERRIDE", str(tmp_path / "env"))
+    monkeypatch.setattr(ui_paths, "ENV_DIR_OVERRIDE", str(tmp_path / "env"))
     p = prefs(context)
     p.python_source = "MANAGED"
     with pytest.raises(ops().InputError, match="environment is missing: press Install"):
@@ -260,7 +262,7 @@ def wheel_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "wheels"
     folder.mkdir()
     write_wheel(folder, "tinya", "1.0")
-    monkeypatch.setattr(installer_ui, "ENV_DIR_OVERRIDE", str(tmp_path / "server env"))
+    monkeypatch.setattr(ui_paths, "ENV_DIR_OVERRIDE", str(tmp_path / "server env"))
     monkeypatch.setattr(installer_ui, "PLAN_OVERRIDES", {
         "requirements": ["tinya"], "torch_variant": "none",
         "check_modules": {"tinya": TINY_MODULES["tinya"]}})
@@ -347,7 +349,7 @@ def test_preferences_draw_the_installer_for_the_managed_backend(
         context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_addon_register import _RecordingLayout, _WithLayout
 
-    monkeypatch.setattr(installer_ui, "ENV_DIR_OVERRIDE", str(tmp_path / "env"))
+    monkeypatch.setattr(ui_paths, "ENV_DIR_OVERRIDE", str(tmp_path / "env"))
     p = prefs(context)
     p.python_source = "MANAGED"
     calls: list = []

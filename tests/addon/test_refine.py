@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from addon.scene import keypoints as kp
+from addon.scene import tags
 from tests.conftest import PARITY
 
 K = np.array([[600.0, 0, 250.0], [0, 610.0, 260.0], [0, 0, 1]])
@@ -150,8 +151,8 @@ def test_refine_moves_markers_to_prompts_and_poses_in_place(context) -> None:
     assert bpy.ops.sam3d_body.add_markers() == {"FINISHED"}
     markers = refine.markers_of(arm)
     assert [int(m[refine.MARKER_INDEX]) for m in markers] == sorted(kp.MARKER_KEYPOINTS)
-    width, height = (int(v) for v in arm[session.PROP_IMAGE_SIZE])
-    predicted = np.asarray(list(arm[session.PROP_KEYPOINTS])).reshape(70, 2)
+    width, height = (int(v) for v in arm[tags.PROP_IMAGE_SIZE])
+    predicted = np.asarray(list(arm[tags.PROP_KEYPOINTS])).reshape(70, 2)
     for marker in markers:
         ndc = world_to_camera_view(context.scene, camera, marker.matrix_world.translation)
         pixel = np.array([ndc.x * width, (1.0 - ndc.y) * height])
@@ -165,7 +166,7 @@ def test_refine_moves_markers_to_prompts_and_poses_in_place(context) -> None:
     wrist = next(m for m in markers if int(m[refine.MARKER_INDEX]) == RIGHT_WRIST)
     target = predicted[RIGHT_WRIST] + [40.0, 0.0]
     distance = context.scene.sam3d_body.marker_distance
-    wrist.location = kp.pixels_to_camera_local(target[None], list(arm[session.PROP_CAM_INT]),
+    wrist.location = kp.pixels_to_camera_local(target[None], list(arm[tags.PROP_CAM_INT]),
                                                distance)[0].tolist()
     context.view_layer.update()
 
@@ -198,7 +199,7 @@ def test_refine_moves_markers_to_prompts_and_poses_in_place(context) -> None:
     assert tuple(arm.location) == location
     assert tuple(bystander.location) == (1.0, 2.0, 3.0)
     assert np.abs(pose_array(arm) - pose).max() > 1e-5
-    refined = np.asarray(list(arm[session.PROP_KEYPOINTS])).reshape(70, 2)
+    refined = np.asarray(list(arm[tags.PROP_KEYPOINTS])).reshape(70, 2)
     # The pose moved the way the marker was dragged: the wrist is now on its marker (40 px to
     # the right of where it was) and the other body joints stayed within a few pixels.
     moved = refined[RIGHT_WRIST] - predicted[RIGHT_WRIST]
