@@ -94,8 +94,12 @@ def download(repo_id: str = DEFAULT_REPO, mhr: str | os.PathLike[str] | None = N
         log.warning("%s is not one of the released checkpoints %s", repo_id, ", ".join(KNOWN_REPOS))
     page = f"https://huggingface.co/{repo_id}"
     patterns = [CHECKPOINT_FILE, CONFIG_FILE] + ([] if mhr else [MHR_FILE])
+    from server.hub import reachable
+
     try:
-        local = snapshot_download(repo_id, allow_patterns=patterns, token=token or None, cache_dir=cache_dir)
+        # Offline: the local cache only, answered at once instead of after the hub's retries.
+        local = snapshot_download(repo_id, allow_patterns=patterns, token=token or None, cache_dir=cache_dir,
+                                  local_files_only=not reachable())
     except hf_errors.GatedRepoError as exc:
         raise ServerError(
             ACCESS_DENIED,

@@ -36,9 +36,14 @@ def add_scene_options(parser: argparse.ArgumentParser) -> None:
     """The outputs and the build options (apply_result's) of both command lines."""
     parser.add_argument("--blend", required=True, metavar="OUT.blend", help="scene to write")
     parser.add_argument("--fbx", metavar="OUT.fbx", help="also export the characters as FBX")
+    parser.add_argument("--glb", metavar="OUT.glb", help="also export the characters as glTF")
+    add_build_options(parser)
+
+
+def add_build_options(parser: argparse.ArgumentParser) -> None:
+    """How the characters are built and exported (photo, saved result and batch command lines)."""
     parser.add_argument("--preset", choices=sorted(FBX_PRESETS), default="blender",
                         help="FBX target application (scale settings; default blender)")
-    parser.add_argument("--glb", metavar="OUT.glb", help="also export the characters as glTF")
     parser.add_argument("--naming", choices=NAMING_PRESETS, default="mhr",
                         help="bone-naming preset (default mhr)")
     parser.add_argument("--proportions", choices=("baked", "exact"), default="baked",

@@ -13,7 +13,11 @@ saves the .blend and optionally exports FBX / glTF.
         [--no-camera] [--no-mesh]
 
     python -m addon.cli --from-result RESULT.npz [--mhr MHR.pt | --rig RIG.npz] --blend ...
-        builds a saved result without the model (addon/cli_from_result.py; same scene options)
+        builds a saved result without the model (addon/cli/from_result.py; same scene options)
+
+    python -m addon.cli PHOTOS_DIR --out-dir OUT [--fbx] [--glb] [--glob P] [--recursive] [--force]
+        one scene per photo of a folder, one server start (addon/cli/batch.py); exit 3 when some
+        photos failed
 
 Exit codes: 0 done, 1 the reconstruction or the scene build failed, 2 bad arguments.
 Errors are one line on stderr (the server's log tail follows when the server failed).
@@ -33,9 +37,9 @@ from ..protocol import cli_args
 from . import from_result as cli_from_result
 from .from_result import (add_scene_options, apply_options, check_outputs,
                               leave_if_gltf_would_hang, new_scene, save_outputs)
-from ..protocol.client import JobEvent, JobRunner, ServerProcess
+from ..protocol.client import JobEvent, JobRunner
+from .server_options import DEFAULT_REPO, add_model_options, add_server_options, server_process  # noqa: F401
 
-DEFAULT_REPO = "facebook/sam-3d-body-dinov3"
 
 
 class UsageError(Exception):
@@ -65,14 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         "rigged MHR characters in a .blend (and FBX / glTF).",
         epilog="A saved result instead of a photo: python -m addon.cli --from-result "
         "RESULT.npz [--mhr MHR.pt | --rig RIG.npz] --blend OUT.blend ... (see "
-        "python -m addon.cli --from-result X -h).")
+        "python -m addon.cli --from-result X -h). A folder of photos: python -m addon.cli "
+        "PHOTOS_DIR --out-dir OUT [--fbx] [--glb] ... (see python -m addon.cli X --out-dir Y -h).")
     parser.add_argument("image", metavar="IMAGE", help="photo (JPEG, PNG, ...)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", metavar="DIR",
-                        help="checkpoint folder (model.ckpt, model_config.yaml, assets/)")
-    source.add_argument("--repo", metavar="HF_ID",
-                        help=f"Hugging Face repository id (default {DEFAULT_REPO})")
-    parser.add_argument("--mhr", metavar="PATH", help="mhr_model.pt (default: the checkpoint's)")
+    add_model_options(parser)
     parser.add_argument("--mode", choices=("body", "full"), default="full")
     parser.add_argument("--box", type=cli_args.box, action="append", default=[], metavar="x1,y1,x2,y2",
                         help="person box in pixels (repeat for several people)")
@@ -86,22 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fit-prompts", action="store_true",
                         help="after the prompted run, fit the pose so each prompted keypoint lands on "
                         "its point, holding the other body keypoints (not part of the official pipeline)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
-    parser.add_argument("--precision", choices=("auto", "official", "fp32", "fast"),
-                        default="auto", help="model precision on the server (default: the "
-                        "server's own)")
-    parser.add_argument("--python", metavar="PATH", default=sys.executable,
-                        help="Python that runs the server (default: this one)")
+    add_server_options(parser)
     add_scene_options(parser)
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
-                        help="seconds to wait for the server to load (default 600)")
-    # Extra `python -m server serve` arguments (development: alternative engines).
-    parser.add_argument("--server-arg", action="append", default=[], help=argparse.SUPPRESS)
     return parser
 
 
 def check_args(args: argparse.Namespace) -> None:
     """File-system checks argparse cannot do; UsageError says what is wrong."""
+    if os.path.isdir(args.image):
+        raise UsageError(f"{args.image} is a folder: a batch of photos needs --out-dir OUT "
+                         "(python -m addon.cli PHOTOS_DIR --out-dir OUT)")
     if not os.path.isfile(args.image):
         raise UsageError(f"image not found: {args.image}")
     if args.checkpoint and not os.path.isdir(args.checkpoint):
@@ -202,11 +196,6 @@ def build_scene(args: argparse.Namespace, rig: dict[str, Any], result: dict[str,
         raise RunError(f"saving failed: {exc}") from exc
 
 
-def precision_args(precision: str) -> list[str]:
-    """`--precision` only when chosen, so a server without the flag still starts."""
-    return [] if precision == "auto" else ["--precision", precision]
-
-
 def from_result_argv(argv: Sequence[str]) -> list[str] | None:
     """The saved-result command line when ``--from-result`` is given, else None."""
     pre = argparse.ArgumentParser(prog="python -m addon.cli", add_help=False,
@@ -223,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = from_result_argv(argv)
     if saved is not None:
         return cli_from_result.main(saved)
+    from . import batch
+
+    if batch.is_batch(argv):
+        return batch.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with code 2 on bad syntax
     try:
@@ -243,12 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fit_prompts:
         request["fit_prompts"] = True
 
-    server = ServerProcess(
-        args.python, checkpoint=args.checkpoint,
-        repo=None if args.checkpoint else (args.repo or DEFAULT_REPO),
-        mhr=args.mhr, device=args.device, ready_timeout=args.timeout,
-        extra_args=[*precision_args(args.precision), *args.server_arg])
-    runner = JobRunner(server)
+    runner = JobRunner(server_process(args))
     try:
         rig, result = run_jobs(runner, request)
         runner.stop()

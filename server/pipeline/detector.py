@@ -62,7 +62,10 @@ class PersonDetector:
             raise ServerError(CHECKPOINT_MISSING, f"The person detector needs the 'transformers' package ({exc}).") from None
         name = str(model_id)
         if local_files_only is None:
-            local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+            from server.hub import reachable
+
+            # A hub id offline: the cache or nothing, at once (no retry loop).
+            local_files_only = not Path(name).exists() and not reachable()
         kwargs = {"cache_dir": cache_dir, "local_files_only": local_files_only}
         try:
             model = RTDetrForObjectDetection.from_pretrained(name, **kwargs)
