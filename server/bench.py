@@ -103,6 +103,10 @@ def load_bench_engine(args: argparse.Namespace) -> Any:
                             source=f"random-full-{args.random_full}")
     engine = Engine(model, cfg, files, dev)
     engine.info.update(precision=precision, dtype=dtypes["backbone"], mhr_backend=backend)
+    if dev.type == "cpu":
+        from server.cpu_features import describe
+
+        engine.info["cpu_bf16"] = describe()
     return engine
 
 
@@ -210,6 +214,7 @@ def format_report(engine: Any, args: argparse.Namespace, result: dict[str, Any])
         f"model      {engine.info['model']} ({engine.info['variant']})",
         f"device     {engine.device}  precision {engine.info.get('precision')} (backbone {engine.info.get('dtype')})"
         f"  MHR {engine.info.get('mhr_backend', 'torchscript')}",
+        *([f"cpu        {engine.info['cpu_bf16']}"] if "cpu_bf16" in engine.info else []),
         f"mode       {args.mode}, {args.persons} person(s), median of {args.repeat} warm run(s)",
         f"{'stage':<16}{'seconds':>10}{'calls':>7}",
     ]

@@ -36,7 +36,8 @@ def resolve_mhr_backend(name: str, precision: str, device: torch.device) -> str:
         return name
     from .precision import fast_autocast_dtype
 
-    return "native" if precision == "fast" and fast_autocast_dtype(device) is not None else "torchscript"
+    autocasts = precision == "fast" and fast_autocast_dtype(device) is not None
+    return "native" if autocasts and device.type == "cuda" else "torchscript"
 
 
 def use_mhr_backend(model: torch.nn.Module, backend: str) -> Any:
@@ -326,4 +327,8 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
     log.info("model %s loaded on %s in %.2f s (precision %s)", files.source, dev, time.perf_counter() - t0, dtypes)
     engine = Engine(model, cfg, files, dev, detector=detector or None)
     engine.info.update(precision=precision, dtype=dtypes["backbone"], mhr_backend=mhr_backend)
+    if dev.type == "cpu":
+        from .cpu_features import describe
+
+        engine.info["cpu_bf16"] = describe()
     return engine

@@ -11,8 +11,9 @@
   and ViT-H attention uses fused `scaled_dot_product_attention` (flash kernels on CUDA).
   The pose/camera heads, the rotation maths, the keypoint update and MHR are never autocast:
   they decode small differences of large numbers (Euler angles, FK) where half precision would
-  visibly move the mesh. On devices other than CUDA `fast` is `fp32` (CPU half-precision
-  kernels are slower than fp32 ones; MPS is not measured).
+  visibly move the mesh. On the CPU `fast` autocasts the backbone alone to bfloat16 where the
+  CPU computes bf16 natively (AMX / AVX-512 BF16 / Arm BF16, server/cpu_features.py), and is
+  `fp32` elsewhere (emulated half precision is slower than fp32); MPS is not measured (fp32).
 
 Apply a mode once, after the checkpoint is loaded (converting after loading rounds exactly as
 loading into converted parameters does: both are one fp32 -> fp16 round-to-nearest).
@@ -45,7 +46,14 @@ def check_precision(name: str | None, device: torch.device | str) -> str:
 
 def fast_autocast_dtype(device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype `fast` uses on `device`, None for plain fp32."""
-    return torch.float16 if torch.device(device).type == "cuda" else None
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.float16
+    if kind == "cpu":
+        from server.cpu_features import native_bf16
+
+        return torch.bfloat16 if native_bf16()[0] else None
+    return None
 
 
 def _wrap_autocast(module: nn.Module, device_type: str, dtype: torch.dtype) -> None:
@@ -99,7 +107,10 @@ def apply_precision(model: nn.Module, precision: str, device: torch.device | str
     if precision == "fast":
         autocast = fast_dtype if fast_dtype is not None else fast_autocast_dtype(device)
         if autocast is not None:
-            for module in modules:
+            # On the CPU the backbone alone: it is nearly all of the CPU time, and bf16 decoder
+            # layers quadruple the deviation (fixtures: 0.06 mm -> 0.23-0.30 mm, docs/PRECISION.md).
+            wrapped = modules if device.type == "cuda" else [model.backbone]
+            for module in wrapped:
                 _wrap_autocast(module, device.type, autocast)
     _set_fused_attention(model.backbone, autocast is not None)
     return describe_precision(model, precision)

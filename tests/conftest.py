@@ -26,6 +26,9 @@ os.environ.setdefault("BLENDER_USER_SCRIPTS", os.path.join(_user, "scripts"))
 os.environ.setdefault("BLENDER_USER_EXTENSIONS", os.path.join(_user, "extensions"))
 # Never reach the Hugging Face hub from tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `fast` on the CPU follows the hardware (server/cpu_features.py); the suite pins it to the fp32
+# path so that it behaves alike on every CPU, and tests of the bf16 path switch it on themselves.
+os.environ.setdefault("SAM3D_CPU_BF16", "0")
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
