@@ -7,6 +7,8 @@ official per-person outputs plus the self-consistent MHR skeleton the add-on rig
 """
 from __future__ import annotations
 
+import copy
+
 import logging
 import threading
 import time
@@ -315,12 +317,22 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
         precision = check_precision(precision, dev)
     except ValueError as exc:
         raise ServerError(BAD_INPUT, str(exc)) from None
+    from .models.backbones import backbone_dtype, round_like_official
+    from .models.skip_init import no_weight_init
+
     t0 = time.perf_counter()
-    model = build_sam3d_body(cfg, str(files.mhr))
+    # Built in fp32 without random init (the strict key check below proves the checkpoint sets
+    # every weight), loaded, then rounded in place as the config's TRAIN.USE_FP16 would have:
+    # the same values as the official build-in-fp16-then-load, with no fp16 -> fp32 round trip
+    # of 3.4 GB for `fp32`/`fast` (docs/PRECISION.md, "Loading").
+    build_cfg = copy.deepcopy(cfg)
+    build_cfg.setdefault("TRAIN", {})["USE_FP16"] = False
+    with no_weight_init():
+        model = build_sam3d_body(build_cfg, str(files.mhr))
     mhr_backend = resolve_mhr_backend(mhr_backend, precision, dev)
-    state = ckpt_mod.load_state_dict(files.checkpoint, cache_dir=ckpt_mod.default_cache_dir() if cache_dir is None else cache_dir)
-    ckpt_mod.check_state_dict(model.state_dict(), state, source=str(files.checkpoint))
-    model.load_state_dict(state, strict=False)
+    ckpt_mod.load_into(model, files.checkpoint,
+                       cache_dir=ckpt_mod.default_cache_dir() if cache_dir is None else cache_dir)
+    round_like_official(model.backbone, backbone_dtype(cfg.get("TRAIN")))
     use_mhr_backend(model, mhr_backend)
     model.to(dev).eval()
     dtypes = apply_precision(model, precision, dev)

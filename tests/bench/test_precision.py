@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,37 @@ def test_fast_autocast_on_the_cpu_covers_the_backbone_only(parity_dir: Path, cac
         apply_precision(model, "fp32", "cpu")
     assert seen == {"backbone_block": {True}, "decoder_attn": {False}, "head_pose": {False}, "head_camera": {False}}
     assert res["pred_vertices"].dtype == np.float32 and np.isfinite(res["pred_vertices"]).all()
+
+
+@pytest.mark.parametrize("precision", ["official", "fp32"])
+@pytest.mark.parametrize("name", ["dinov3_tiny_fp16", "vith_tiny"])
+def test_fast_load_gives_the_official_build_weights(parity_dir: Path, tmp_path: Path, name: str,
+                                                    precision: str) -> None:
+    """load_engine builds in fp32 without random init, streams the safetensors cache and rounds
+    in place as TRAIN.USE_FP16 would: every weight equals the official order (build, convert
+    to fp16, load, then the mode's conversion), bit for bit, from the checkpoint and the cache."""
+    import yaml
+
+    from server.models.build import build_sam3d_body, load_official_state_dict
+
+    folder = parity_dir / "checkpoints" / name
+    cfg = yaml.safe_load((folder / "model_config.yaml").read_text())
+    if name == "vith_tiny":  # the fp16 rounding of the ViT's Linear/Conv weights only
+        cfg.setdefault("TRAIN", {}).update(USE_FP16=True, FP16_TYPE="float16")
+        shutil.copytree(folder, tmp_path / name)
+        folder = tmp_path / name
+        (folder / "model_config.yaml").write_text(yaml.safe_dump(cfg))
+    reference = build_sam3d_body(cfg, str(folder / "assets" / "mhr_model.pt"))
+    assert reference.backbone_dtype == torch.float16
+    state = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=True)
+    load_official_state_dict(reference, state.get("state_dict", state))
+    apply_precision(reference, precision, "cpu")
+    want = reference.state_dict()
+    for attempt in ("from the checkpoint", "from the cache"):
+        got = load_engine(checkpoint=str(folder), device="cpu", cache_dir=str(tmp_path / "cache"),
+                          precision=precision, detector=None).model.state_dict()
+        assert sorted(got) == sorted(want)
+        for key, value in want.items():
+            assert got[key].dtype == value.dtype, (attempt, key)
+            assert torch.equal(got[key], value), (attempt, key)
+        assert list((tmp_path / "cache").glob("*.safetensors"))

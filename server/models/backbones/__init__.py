@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .dinov3 import Dinov3Backbone, build_dinov3
+from .dinov3 import Dinov3Backbone, build_dinov3, check_float_dtype
 from .vit import VitBackbone, build_vit
 
 SUPPORTED_TYPES = ("dinov3_vith16plus", "dinov3_custom", "vit_hmr_512_384")
@@ -65,11 +65,37 @@ def set_official_precision(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return module.set_official_precision(dtype)
 
 
+def round_like_official(module: nn.Module, dtype: torch.dtype, chunk: int = 1 << 22) -> nn.Module:
+    """Round, in place, the values `set_official_precision(module, dtype)` would cast, keeping
+    their fp32 storage: the values equal loading into the converted backbone and converting
+    back (one round-to-nearest each), without a second copy of the weights. Lets a loader build
+    in fp32 and convert once, or not at all for `fp32`/`fast` (server/engine.py)."""
+    if not isinstance(module, (Dinov3Backbone, VitBackbone)):
+        raise ValueError(f"not a backbone built by build_backbone: {type(module).__name__}")
+    check_float_dtype(dtype)
+    if dtype == torch.float32:
+        return module
+    with torch.no_grad():
+        for tensor in module.official_precision_tensors():
+            if tensor.dtype != torch.float32:
+                continue
+            flat = tensor.view(-1) if tensor.is_contiguous() else None
+            if flat is None:
+                tensor.copy_(tensor.to(dtype))
+                continue
+            # Chunks keep the half-precision temporary small (no 2 GiB transient for DINOv3).
+            for start in range(0, flat.numel(), chunk):
+                part = flat[start:start + chunk]
+                part.copy_(part.to(dtype))
+    return module
+
+
 __all__ = [
     "SUPPORTED_TYPES",
     "Dinov3Backbone",
     "VitBackbone",
     "backbone_dtype",
     "build_backbone",
+    "round_like_official",
     "set_official_precision",
 ]

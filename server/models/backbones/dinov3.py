@@ -440,6 +440,10 @@ class Dinov3Backbone(nn.Module):
         self.encoder.to(dtype)
         return self
 
+    def official_precision_tensors(self) -> list[Tensor]:
+        """The tensors `set_official_precision` casts (every floating tensor of the encoder)."""
+        return [t for t in (*self.encoder.parameters(), *self.encoder.buffers()) if t.is_floating_point()]
+
 
 def check_float_dtype(dtype: torch.dtype) -> None:
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):

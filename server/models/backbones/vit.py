@@ -206,12 +206,14 @@ class VitBackbone(nn.Module):
         """Official `TRAIN.USE_FP16` conversion for the ViT: only Linear/Conv parameters and
         `pos_embed` change dtype; the LayerNorm32 weights stay fp32."""
         check_float_dtype(dtype)
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                for param in module.parameters(recurse=False):
-                    param.data = param.data.to(dtype)
-        self.pos_embed.data = self.pos_embed.data.to(dtype)
+        for param in self.official_precision_tensors():
+            param.data = param.data.to(dtype)
         return self
+
+    def official_precision_tensors(self) -> list[torch.Tensor]:
+        """The tensors `set_official_precision` casts: Linear/Conv parameters and `pos_embed`."""
+        out = [p for m in self.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) for p in m.parameters(recurse=False)]
+        return [*out, self.pos_embed]
 
 
 def build_vit(arch: Mapping[str, Any] | None, flash_attn: bool = False) -> VitBackbone:
