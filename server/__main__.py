@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(serve)
 
     rec = commands.add_parser("reconstruct", help="reconstruct the people in one image")
-    rec.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG, ...)")
+    rec.add_argument("image", metavar="IMAGE",
+                     help="image file (JPEG, PNG, ...), or a clip: a movie file or an image folder")
     rec.add_argument("--out", required=True, metavar="RESULT.npz", help="output .npz file")
     rec.add_argument("--mode", default="full", choices=("body", "full"))
     rec.add_argument("--box", type=cli_args.box, action="append", default=[], metavar="x1,y1,x2,y2",
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--tls-pin", metavar="SHA256",
                      help="with --connect: use TLS, accept only the certificate with this "
                           "SHA-256 fingerprint")
+    from .video.cli import add_clip_args
+    add_clip_args(rec)
     _add_model_args(rec)
     from .bench import add_bench_parser  # `bench` owns its arguments (server/bench.py)
     add_bench_parser(commands)
@@ -259,6 +262,11 @@ def _read_masks(paths: Sequence[str]) -> list[np.ndarray]:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .video.cli import cmd_reconstruct_clip, is_clip_input
+
+    if is_clip_input(args.image):
+        factory, _ = resolve_engine(args.engine)
+        return cmd_reconstruct_clip(args, lambda: make_engine(factory, args), save_result, UsageError)
     image_path = Path(args.image)
     if not image_path.is_file():
         raise UsageError(f"image {args.image!r} does not exist")

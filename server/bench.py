@@ -54,6 +54,9 @@ def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
     bench.add_argument("--deviation", action="store_true",
                        help="instead of timing: run fp32, official, fast-fp16 and fast-bf16 (autocast, "
                             "on any device) and print each one's deviation from fp32")
+    bench.add_argument("--video", type=int, metavar="FRAMES",
+                       help="instead of one image: a synthetic clip of FRAMES frames through the clip job; "
+                            "reports person-frames per second")
     return bench
 
 
@@ -242,6 +245,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"model {engine.info['model']} ({engine.info['variant']}), {args.mode}, {args.persons} person(s), "
               f"device {engine.device}; deviation from fp32")
         print(format_deviation(precision_deviation(engine, image, boxes, args.mode)))
+        return 0
+    if args.video:
+        from server.video.bench_clip import run_video_bench
+
+        clip = run_video_bench(engine, image, boxes, args.mode, args.video)
+        print(f"model      {engine.info['model']} ({engine.info['variant']}), device {engine.device}, "
+              f"precision {engine.info.get('precision')}, mode {args.mode}")
+        print(f"video      {clip['frames']:.0f} frames x {args.persons} person(s) = {clip['person_frames']:.0f} "
+              f"person-frames, {clip['tracks']:.0f} track(s) in {clip['seconds']:.2f} s: "
+              f"{clip['person_frames_per_s']:.2f} person-frames/s")
+        print(f"peak memory  {peak_memory_text(engine.device)}")
         return 0
     result = run_bench(engine, image, boxes, args.mode, args.repeat)
     print(format_report(engine, args, result))

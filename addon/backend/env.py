@@ -32,7 +32,7 @@ MARKER_TOOL = "sam3d-body-blender"
 REQUIRED_MODULES: dict[str, str] = {
     "torch": "torch", "numpy": "numpy", "cv2": "opencv-python-headless", "roma": "roma",
     "huggingface_hub": "huggingface_hub", "yaml": "pyyaml", "safetensors": "safetensors",
-    "PIL": "pillow", "transformers": "transformers",
+    "PIL": "pillow", "transformers": "transformers", "scipy": "scipy",
 }
 
 

@@ -134,15 +134,19 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         "holding assets/mhr_model.pt (needs torch); also computes the skeleton and "
                         "rest mesh of a result that holds only Meta's official output names")
     source.add_argument("--rig", metavar="RIG.npz", help="rig from a saved rig .npz")
-    parser.add_argument("--image", metavar="PHOTO", help="the photo, as the camera background")
+    parser.add_argument("--image", metavar="PHOTO", help="the photo (for a clip result: the movie or "
+                        "image folder; default: the clip's recorded path), as the camera background")
     add_scene_options(parser)
+    from .clip_scene import add_motion_options
+
+    add_motion_options(parser)
     return parser
 
 
 def _check_files(args: argparse.Namespace) -> str | None:
     for flag, path in (("RESULT.npz", args.result), ("--mhr", args.mhr), ("--rig", args.rig),
                        ("--image", args.image)):
-        if path and not (os.path.isfile(path) or (flag == "--mhr" and os.path.isdir(path))):
+        if path and not (os.path.isfile(path) or (flag in ("--mhr", "--image") and os.path.isdir(path))):
             return f"{flag} file not found: {path}"
     return check_outputs(args)
 
@@ -150,12 +154,36 @@ def _check_files(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> None:
     """Build, save and export; raises ValueError/RuntimeError/OSError with a clear message."""
     from ..scene.import_result import import_result
+    from . import clip_scene as clip
 
     context = new_scene()
+    if _is_clip_file(args.result):
+        movie = args.image or _recorded_clip(args.result)
+        created = clip.build(context, args.result, os.path.abspath(movie) if movie else None, args)
+        save_outputs(context, args, created)
+        return
     created = import_result(context, args.result, rig=args.mhr or args.rig,
                             image_path=os.path.abspath(args.image) if args.image else None,
                             options=apply_options(args))
     save_outputs(context, args, created)
+
+
+def _is_clip_file(path: str) -> bool:
+    import numpy as np
+
+    from ..protocol.clip_result import is_clip
+
+    with np.load(path, allow_pickle=False) as data:
+        return "kind" in data.files and is_clip({"kind": data["kind"]})
+
+
+def _recorded_clip(path: str) -> str | None:
+    """The clip the result was made from, when it is still where it was."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        source = str(data["source_path"]) if "source_path" in data.files else None
+    return source if source and os.path.exists(source) else None
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:

@@ -212,8 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = from_result_argv(argv)
     if saved is not None:
         return cli_from_result.main(saved)
-    from . import batch
+    from . import batch, clip
 
+    if clip.is_clip_argv(argv):
+        return clip.main(argv)
     if batch.is_batch(argv):
         return batch.main(argv)
     parser = build_parser()

@@ -7,7 +7,7 @@ context overrides).
 """
 from __future__ import annotations
 
-from typing import Sequence, cast
+from typing import Any, Sequence, cast
 
 import bpy
 import numpy as np
@@ -258,3 +258,74 @@ def build_camera(context: bpy.types.Context, collection: bpy.types.Collection, n
         scene.render.pixel_aspect_x = params.pixel_aspect_x
         scene.render.pixel_aspect_y = params.pixel_aspect_y
     return obj
+
+
+def _channel_fcurves(obj: bpy.types.Object, action: bpy.types.Action) -> Any:
+    """The F-curve collection of `action` for `obj`: the slot's channel bag on Blender 4.4+
+    (layered actions; `Action.fcurves` is gone in 5.0), `Action.fcurves` before."""
+    anim: Any = obj.animation_data or obj.animation_data_create()  # 4.2 stubs lack the 4.4 slots
+    anim.action = action
+    if not hasattr(action, "layers"):
+        return action.fcurves
+    layered: Any = action
+    slot = anim.action_slot
+    if slot is None:
+        slot = layered.slots.new(id_type="OBJECT", name=obj.name)
+        anim.action_slot = slot
+    layer = layered.layers[0] if len(layered.layers) else layered.layers.new("Layer")
+    strip = layer.strips[0] if len(layer.strips) else layer.strips.new(type="KEYFRAME")
+    return strip.channelbag(slot, ensure=True).fcurves
+
+
+def key_animation(obj: bpy.types.Object, bone_names: Sequence[str], frames: np.ndarray,
+                  location: np.ndarray, quaternion_wxyz: np.ndarray, scale: np.ndarray,
+                  object_location: np.ndarray, action_name: str) -> bpy.types.Action:
+    """One action keyed on `frames` (scene frames, T): pose-bone location/quaternion/scale
+    (T, B, 3|4|3) and the object's location (T, 3), linear keys written in bulk. Replaces the
+    object's action (the old one is removed when nothing else uses it)."""
+    old = obj.animation_data.action if obj.animation_data else None
+    action = bpy.data.actions.new(action_name)
+    if old is not None:
+        obj.animation_data.action = None
+        if old.users == 0:
+            bpy.data.actions.remove(old)
+    fcurves = _channel_fcurves(obj, action)
+    frames = np.asarray(frames, dtype=np.float32)
+    linear = np.full(len(frames), 1, dtype=np.int32)  # 'LINEAR': dense keys, no overshoot
+
+    def curve(path: str, index: int, values: np.ndarray) -> None:
+        fc = fcurves.new(path, index=index)
+        fc.keyframe_points.add(len(frames))
+        co = np.empty(2 * len(frames), dtype=np.float32)
+        co[0::2], co[1::2] = frames, values
+        fc.keyframe_points.foreach_set("co", co)
+        fc.keyframe_points.foreach_set("interpolation", linear)
+        fc.update()
+
+    for j, name in enumerate(bone_names):
+        obj.pose.bones[name].rotation_mode = "QUATERNION"
+        base = f'pose.bones["{name}"]'
+        for i in range(3):
+            curve(f"{base}.location", i, location[:, j, i])
+            curve(f"{base}.scale", i, scale[:, j, i])
+        for i in range(4):
+            curve(f"{base}.rotation_quaternion", i, quaternion_wxyz[:, j, i])
+    for i in range(3):
+        curve("location", i, object_location[:, i])
+    return action
+
+
+def set_movie_background(cam_obj: bpy.types.Object, movie_path: str, frame_start: int = 1) -> None:
+    """The clip as the camera's background movie, its frame n shown at scene frame
+    `frame_start + n` (in sync with the keys)."""
+    clip = bpy.data.movieclips.load(movie_path, check_existing=True)
+    clip.frame_start = frame_start
+    cam = cam_obj.data
+    cam.show_background_images = True
+    bg = cam.background_images.new()
+    bg.source = "MOVIE_CLIP"
+    bg.clip = clip
+    bg.use_camera_clip = False
+    bg.frame_method = "STRETCH"
+    bg.display_depth = "BACK"
+    bg.alpha = 1.0

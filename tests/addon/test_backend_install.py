@@ -460,7 +460,7 @@ def test_server_requirements_file_lists_the_runtime_and_not_torch() -> None:
     lines = [line.split("#")[0].strip() for line in text.splitlines()]
     names = {re.split(r"[<>=!~ ]", line)[0].lower() for line in lines if line}
     assert names == {"numpy", "roma", "opencv-python-headless", "huggingface_hub", "pyyaml",
-                     "safetensors", "pillow", "transformers"}
+                     "safetensors", "pillow", "transformers", "scipy"}
     assert set(bi.REQUIRED_MODULES.values()) == names | {"torch"}
 
 

@@ -1,0 +1,156 @@
+"""apply_clip(): a clip result (addon/protocol/clip_result.py) -> one animated character per track.
+
+Each track is built once with apply_result (its locked shape, the first frame's placement), then
+keyed on every frame it was seen: pose bones from the per-frame skeleton states (smoothed on
+SO(3), addon/rig/motion.py), the object's location from the camera translation, with the feet
+pinned during ground contact (a root correction). The camera gets the clip as its background
+movie, in sync: source frame n is scene frame n + 1. A plain function: the CLI and tests call it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..protocol.clip_result import check_clip, track_person, track_rows
+from ..protocol.results import RigData
+from ..rig import motion, naming
+from ..rig.axes import person_offset_blender
+from ..rig.camera import camera_params
+from ..rig.skeleton import pose_basis, rest_bones, rest_with_matrices
+
+DEFAULT_CLIP_OPTIONS: dict[str, Any] = {
+    "smoothing": 2.0,      # Gaussian sigma in processed frames on SO(3); 0 = the raw per-frame poses
+    "foot_lock": True,     # pin feet in contact with the ground (root correction)
+    "camera": True,
+    "mesh": True,
+    "naming": naming.DEFAULT_PRESET,
+    "proportions": "baked",
+    "collection_name": None,
+}
+FOOT_JOINTS = ("l_ball", "r_ball")  # the toe joints carry the weight at contact
+
+
+def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    opts = dict(DEFAULT_CLIP_OPTIONS)
+    if options:
+        unknown = sorted(set(options) - set(DEFAULT_CLIP_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown clip options {unknown}; known: {sorted(DEFAULT_CLIP_OPTIONS)}")
+        opts.update(options)
+    if float(opts["smoothing"]) < 0:
+        raise ValueError("smoothing must be 0 (off) or positive")
+    return opts
+
+
+def _set_frame_rate(scene: Any, fps: float, first: int, last: int) -> None:
+    rounded = max(int(round(fps)), 1)
+    scene.render.fps = rounded
+    scene.render.fps_base = rounded / fps  # 29.97 -> 30 / 1.001
+    scene.frame_start, scene.frame_end = first, last
+    scene.frame_current = first
+
+
+def track_motion(clip: Mapping[str, np.ndarray], track_id: int, rest: Any, parents: np.ndarray,
+                 source: np.ndarray, foot_bones: list[int], t0: np.ndarray, fps: float,
+                 smoothing: float, foot_lock: bool) -> dict[str, Any]:
+    """Per-frame pose-bone channels and object location of one track (numpy only)."""
+    rows = track_rows(clip, track_id)
+    skel = np.asarray(clip["mhr_skel_state"], dtype=np.float64)[rows]
+    cam_t = np.asarray(clip["pred_cam_t"], dtype=np.float64)[rows]
+    if smoothing > 0 and len(rows) > 2:
+        skel = motion.smooth_skel_states(skel, smoothing)
+        cam_t = motion.smooth_positions(cam_t, smoothing)
+    loc = np.empty((len(rows), len(source), 3))
+    quat = np.empty((len(rows), len(source), 4))
+    scale = np.empty((len(rows), len(source), 3))
+    feet = np.empty((len(rows), len(foot_bones), 3))
+    for t in range(len(rows)):
+        basis = pose_basis(rest, parents, skel[t][source])
+        loc[t], quat[t], scale[t] = basis.location, basis.quaternion_wxyz, basis.scale
+        feet[t] = basis.targets[foot_bones, :3, 3]
+    quat = motion.quat_continuity(quat[..., [1, 2, 3, 0]])[..., [3, 0, 1, 2]]  # no flips between keys
+    root = np.stack([person_offset_blender(c, t0) for c in cam_t])
+    stats: dict[str, float] = {"jitter_raw": float("nan"), "jitter": float("nan"), "foot_slide_raw": 0.0,
+                               "foot_slide": 0.0, "contact_frames": 0}
+    raw_root = np.stack([person_offset_blender(c, t0) for c in np.asarray(clip["pred_cam_t"], np.float64)[rows]])
+    if len(rows) >= 3:
+        raw = np.asarray(clip["mhr_skel_state"], dtype=np.float64)[rows][:, :, :3] / 100.0 + raw_root[:, None]
+        now = skel[:, :, :3] / 100.0 + root[:, None]
+        stats["jitter_raw"], stats["jitter"] = motion.jitter(raw, fps), motion.jitter(now, fps)
+    if foot_lock and foot_bones and len(rows) >= 3:
+        world = feet + root[:, None]
+        contacts = motion.foot_contacts(world, fps)
+        stats["foot_slide_raw"] = motion.max_contact_slide(world, contacts)
+        root = motion.pin_feet(root, world, contacts)
+        stats["foot_slide"] = motion.max_contact_slide(feet + root[:, None], contacts)
+        stats["contact_frames"] = int(contacts.any(axis=1).sum())
+    frames = np.asarray(clip["frame"])[rows] + 1
+    return {"frames": frames, "location": loc, "quaternion": quat, "scale": scale, "root": root, "stats": stats}
+
+
+def apply_clip(context: Any, clip: Mapping[str, Any], rig: RigData | Mapping[str, Any],
+               movie_path: str | None = None, options: Mapping[str, Any] | None = None) -> list[Any]:
+    """Build and key one character per track; returns [armature, mesh?] per track, then the
+    camera. Each armature's ``sam3d_clip_stats`` holds its jitter and foot-slide numbers."""
+    from . import builder
+    from .apply import apply_result
+    from .refine_pose import rig_rest_state
+
+    data = check_clip(clip)
+    rig_data = RigData.from_mapping(rig)
+    opts = _options(options)
+    if movie_path is not None and not os.path.exists(movie_path):
+        raise FileNotFoundError(f"clip not found: {movie_path}")
+    plan = naming.bone_plan(rig_data.joint_names, rig_data.joint_parents, str(opts["naming"]))
+    source, names = plan.source, list(plan.names)
+    names_mhr = [rig_data.joint_names[j] for j in source]
+    foot_bones = [names_mhr.index(j) for j in FOOT_JOINTS if j in names_mhr]
+    base = str(opts["collection_name"] or (os.path.splitext(os.path.basename(movie_path))[0]
+                                           if movie_path else "SAM3D Clip"))
+    fps = float(data["fps"])
+    frames = np.asarray(data["frames"])
+    builder.ensure_object_mode(context)
+    _set_frame_rate(context.scene, fps, int(frames.min()) + 1, int(frames.max()) + 1)
+    track_ids = [int(t) for t in data["track_ids"] if len(track_rows(data, int(t)))]
+    t0 = np.asarray(data["pred_cam_t"], np.float64)[track_rows(data, track_ids[0])[0]]
+    created: list[Any] = []
+    for tid in track_ids:
+        rows = track_rows(data, tid)
+        objs = apply_result(context, track_person(data, tid, int(rows[0])), rig_data, options={
+            "correctives": False, "camera": False, "pose": False, "mesh": bool(opts["mesh"]),
+            "naming": opts["naming"], "proportions": opts["proportions"],
+            "collection_name": f"{base}_track{tid}"})
+        arm = objs[0]
+        ref_state = rig_rest_state(arm, rig_data.bind_skel_state[source], source)
+        rest = rest_with_matrices(rest_bones(ref_state, plan.parents, names_mhr), ref_state,
+                                  builder.bone_rest_matrices(arm, names))
+        keyed = track_motion(data, tid, rest, plan.parents, source, foot_bones, t0, fps,
+                             float(opts["smoothing"]), bool(opts["foot_lock"]))
+        builder.key_animation(arm, names, keyed["frames"], keyed["location"], keyed["quaternion"],
+                              keyed["scale"], keyed["root"], f"{arm.name}_clip")
+        arm["sam3d_track"] = tid
+        arm["sam3d_clip_stats"] = {k: float(v) for k, v in keyed["stats"].items()}
+        created += objs
+    if opts["camera"]:
+        collection = builder.new_collection(context, f"{base}_camera")
+        params = camera_params(np.asarray(data["cam_int"]), np.asarray(data["image_size"]), t0)
+        cam = builder.build_camera(context, collection, f"{base}_camera", params, None)
+        if movie_path:
+            builder.set_movie_background(cam, _first_frame_file(movie_path))
+        created.append(cam)
+    context.scene.frame_set(context.scene.frame_start)
+    return created
+
+
+def _first_frame_file(path: str) -> str:
+    """Blender loads an image sequence from its first file."""
+    if not os.path.isdir(path):
+        return path
+    from ..protocol.clip_result import IMAGE_SUFFIXES
+
+    files = sorted(f for f in os.listdir(path) if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"the folder {path} holds no images")
+    return os.path.join(path, files[0])

@@ -1,0 +1,57 @@
+"""`python -m server bench --video N`: person-frames per second of the clip job on a synthetic clip
+(the bench image panned over N frames, its boxes given as a tracker would), warm model."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@dataclass
+class MemoryClip:
+    """A FrameSource over frames already in memory (the bench's synthetic clip)."""
+    frames: list[np.ndarray]
+    fps: float = 30.0
+    path: str = "<bench clip>"
+    frame_numbers: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.frame_numbers = list(range(len(self.frames)))
+        self.size = (int(self.frames[0].shape[1]), int(self.frames[0].shape[0]))
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        return iter(enumerate(self.frames))
+
+
+def synthetic_clip(image: np.ndarray, boxes: np.ndarray, n_frames: int, step_px: int = 4
+                   ) -> tuple[MemoryClip, dict[int, np.ndarray]]:
+    """The image shifted right by `step_px` per frame (wrapping), with the boxes following."""
+    frames, frame_boxes = [], {}
+    for t in range(n_frames):
+        frames.append(np.ascontiguousarray(np.roll(image, step_px * t, axis=1)))
+        moved = boxes.copy()
+        moved[:, [0, 2]] = np.minimum(moved[:, [0, 2]] + step_px * t, image.shape[1] - 1)
+        frame_boxes[t] = moved
+    return MemoryClip(frames), frame_boxes
+
+
+def run_video_bench(engine: Any, image: np.ndarray, boxes: np.ndarray, mode: str, n_frames: int) -> dict[str, float]:
+    """Time the clip job (per-frame inference, tracking, shape lock) after one warm-up frame."""
+    from .clip import ClipJob, ClipRequest
+
+    if n_frames < 2:
+        raise ValueError(f"--video needs at least 2 frames, got {n_frames}")
+    warm, warm_boxes = synthetic_clip(image, boxes, 1)
+    ClipJob(engine, warm, ClipRequest(mode=mode, frame_boxes=warm_boxes)).run()
+    clip, frame_boxes = synthetic_clip(image, boxes, n_frames)
+    t0 = time.perf_counter()
+    result = ClipJob(engine, clip, ClipRequest(mode=mode, frame_boxes=frame_boxes)).run()
+    seconds = time.perf_counter() - t0
+    person_frames = len(result["frame"])
+    return {"frames": float(n_frames), "person_frames": float(person_frames), "seconds": seconds,
+            "person_frames_per_s": person_frames / seconds, "tracks": float(len(result["track_ids"]))}

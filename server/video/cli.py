@@ -1,0 +1,88 @@
+"""``python -m server reconstruct CLIP --out RESULT.npz``: a movie file or an image folder through
+the clip job (server/video/clip.py), progress per frame on stderr, one clip result file."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from addon.protocol.clip_result import check_clip, is_video_file
+
+
+def is_clip_input(path: str) -> bool:
+    return os.path.isdir(path) or is_video_file(path)
+
+
+def add_clip_args(rec: argparse.ArgumentParser) -> None:
+    clip = rec.add_argument_group("clips (a movie file or a folder of numbered images as IMAGE)")
+    clip.add_argument("--start", type=int, default=0, metavar="N", help="first frame (0-based, default 0)")
+    clip.add_argument("--stop", type=int, default=None, metavar="N", help="stop before this frame")
+    clip.add_argument("--step", type=int, default=1, metavar="N", help="every N-th frame (default 1)")
+    clip.add_argument("--fps", type=float, default=None,
+                      help="frame rate (default: the movie's; 24 for an image folder)")
+    clip.add_argument("--max-people", type=int, default=None, metavar="N",
+                      help="track at most N people (default: everyone found)")
+    clip.add_argument("--track-boxes", metavar="BOXES.json",
+                      help='boxes per frame from another tracker: {"FRAME": [[x1,y1,x2,y2], ...], ...}')
+
+
+def read_track_boxes(path: str) -> dict[int, np.ndarray]:
+    """The per-frame boxes file; ValueError with the reason when it is malformed."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read --track-boxes {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"--track-boxes {path} must hold an object {{frame: [[x1,y1,x2,y2], ...]}}")
+    out = {}
+    for key, boxes in data.items():
+        try:
+            frame = int(key)
+            arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--track-boxes {path}: frame {key!r}: {exc}") from exc
+        if frame < 0 or not np.all(np.isfinite(arr)) or np.any(arr[:, 2:] <= arr[:, :2]):
+            raise ValueError(f"--track-boxes {path}: frame {key!r} needs boxes x1<x2, y1<y2")
+        out[frame] = arr
+    return out
+
+
+def _print_progress(fraction: float, message: str) -> None:
+    print(f"[{fraction * 100:3.0f}%] {message}", file=sys.stderr, flush=True)
+
+
+def cmd_reconstruct_clip(args: argparse.Namespace, make: Callable[[], Any],
+                         save: Callable[[Path, dict[str, Any]], None], usage: type[Exception]) -> int:
+    from addon.protocol.result_file import with_rig_arrays
+
+    from .clip import ClipJob, ClipRequest
+    from .source import open_clip
+
+    if args.connect:
+        raise usage("--connect takes photos only; run clips on the machine with the model")
+    for flag in ("mask", "prompt"):
+        if getattr(args, flag):
+            raise usage(f"--{flag} applies to photos, not to clips")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise usage(f"the folder of --out {args.out!r} does not exist")
+    try:
+        frame_boxes = read_track_boxes(args.track_boxes) if args.track_boxes else None
+    except ValueError as exc:
+        raise usage(str(exc)) from exc
+    source = open_clip(args.image, args.start, args.stop, args.step, args.fps)  # before the model load
+    request = ClipRequest(mode=args.mode, intrinsics=tuple(args.intrinsics) if args.intrinsics else None,
+                          boxes=np.asarray(args.box, dtype=np.float32).reshape(-1, 4) if args.box else None,
+                          frame_boxes=frame_boxes, max_people=args.max_people)
+    engine = make()
+    result = ClipJob(engine, source, request, progress=_print_progress).run()
+    check_clip(result)
+    save(out, with_rig_arrays(result, engine.rig_data()))
+    print(f"wrote {out}: {len(source)} frames, {len(result['track_ids'])} track(s), "
+          f"{len(result['failed_frames'])} frame(s) skipped", file=sys.stderr)
+    return 0
