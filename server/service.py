@@ -68,7 +68,7 @@ def is_loopback(host: str) -> bool:
 class Job:
     connection: "Connection"
     id: int | str
-    kind: str  # "rig" | "reconstruct"
+    kind: str  # "rig" | "reconstruct" | "clip"
     request: Any = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"  # queued -> running -> done
@@ -324,7 +324,7 @@ class InferenceService:
             connection.send("shutdown", message.id)
             connection.flush(min(self.io_timeout, 2.0))
             self.shutdown()
-        elif kind in ("rig", "reconstruct"):
+        elif kind in ("rig", "reconstruct", "clip"):
             self._submit(connection, message)
         else:  # progress/result/error only flow from the server
             connection.error(message.id, BAD_INPUT, f"a client cannot send '{kind}'")
@@ -344,6 +344,17 @@ class InferenceService:
             try:
                 job.request = build_request(self.request_type, message.fields, message.arrays,
                                             max_pixels=self.max_pixels)
+            except Exception as exc:
+                code, text = _describe(exc)
+                connection.error(message.id, code, text)
+                return
+        if message.type == "clip":
+            if not self.allow_image_path:
+                connection.error(message.id, BAD_INPUT, "this server does not read clips named by remote "
+                                 "clients; run clips on a server on the same machine")
+                return
+            try:
+                job.request = clip_request(message.fields, message.arrays)
             except Exception as exc:
                 code, text = _describe(exc)
                 connection.error(message.id, code, text)
@@ -422,8 +433,15 @@ class InferenceService:
                                        {"fraction": fraction, "message": str(text)}):
                     job.cancelled.set()
 
-            result = self.engine.reconstruct(job.request, progress=progress,
-                                             cancelled=job.cancelled.is_set)
+            if job.kind == "clip":
+                from .video.clip import ClipJob
+
+                source, request = job.request
+                result = ClipJob(self.engine, source, request, progress=progress,
+                                 cancelled=job.cancelled.is_set).run()
+            else:
+                result = self.engine.reconstruct(job.request, progress=progress,
+                                                 cancelled=job.cancelled.is_set)
             if job.cancelled.is_set():
                 connection.error(job.id, CANCELLED, "cancelled")
                 return False
@@ -503,6 +521,22 @@ def build_request(request_type: Callable[..., Any], fields: Mapping[str, Any],
         exif_focal_35mm=exif_focal,
         fit_prompts=bool(fields.get("fit_prompts", False)),
     )
+
+
+def clip_request(fields: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
+    """A clip message -> (FrameSource, ClipRequest); the clip is opened here so that a missing
+    file or an empty frame range is refused before the job queues."""
+    from .video.clip import ClipRequest
+    from .video.source import open_clip
+
+    source = open_clip(fields["clip_path"], int(fields.get("start", 0)), fields.get("stop"),
+                       int(fields.get("step", 1)), fields.get("fps"))
+    boxes = arrays.get("boxes")
+    intrinsics = fields.get("intrinsics")
+    return source, ClipRequest(mode=str(fields.get("mode", "body")),
+                               boxes=None if boxes is None else np.asarray(boxes, np.float32),
+                               intrinsics=tuple(intrinsics) if intrinsics else None,
+                               max_people=fields.get("max_people"))
 
 
 def _result_arrays(mapping: Mapping[str, Any]) -> dict[str, np.ndarray]:

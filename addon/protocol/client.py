@@ -219,6 +219,28 @@ class Client:
         self._send("reconstruct", rid, fields, arrays)
         return rid
 
+    def send_clip(self, *, clip_path: str | os.PathLike, mode: str = "body", start: int = 0,
+                  stop: int | None = None, step: int = 1, fps: float | None = None,
+                  max_people: int | None = None, boxes: Any = None,
+                  intrinsics: Sequence[float] | None = None, request_id: int | None = None) -> int:
+        """Send a clip request (a movie file or image folder on the server's disk); the server
+        answers with per-frame progress and one clip result (addon/protocol/clip_result.py)."""
+        fields: dict[str, Any] = {"clip_path": os.fspath(clip_path), "mode": mode, "start": int(start),
+                                  "step": int(step)}
+        for name, value in (("stop", stop), ("max_people", max_people)):
+            if value is not None:
+                fields[name] = int(value)
+        if fps is not None:
+            fields["fps"] = float(fps)
+        if intrinsics is not None:
+            fields["intrinsics"] = [float(v) for v in intrinsics]
+        arrays: dict[str, Any] = {}
+        if boxes is not None:
+            arrays["boxes"] = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        rid = self.next_id() if request_id is None else request_id
+        self._send("clip", rid, fields, arrays)
+        return rid
+
     def cancel(self, request_id: int) -> None:
         """Ask the server to stop a request; its reply becomes a `cancelled` error."""
         self._send("cancel", request_id)
@@ -495,6 +517,10 @@ class JobRunner:
         """Keyword arguments as `Client.reconstruct` (without progress/timeout)."""
         return self._submit("reconstruct", request)
 
+    def submit_clip(self, **request: Any) -> Job:
+        """Keyword arguments as `Client.send_clip`."""
+        return self._submit("clip", request)
+
     def submit_rig(self) -> Job:
         return self._submit("rig", {})
 
@@ -546,6 +572,8 @@ class JobRunner:
                     raise RemoteError("cancelled", "cancelled before it was sent")
                 if job.kind == "rig":
                     rid = client.send_rig()
+                elif job.kind == "clip":
+                    rid = client.send_clip(**job.request)
                 else:
                     rid = client.send_reconstruct(**job.request)
                 job._client, job._request_id = client, rid

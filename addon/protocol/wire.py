@@ -28,7 +28,7 @@ PREFIX = struct.Struct("<4sIQ")
 ALIGNMENT = 64
 
 MESSAGE_TYPES = (
-    "hello", "load", "rig", "reconstruct", "progress", "result", "error", "cancel", "shutdown",
+    "hello", "load", "rig", "reconstruct", "clip", "progress", "result", "error", "cancel", "shutdown",
 )
 # Wire dtype name -> numpy dtype (always little-endian). "str" arrays live in the header.
 DTYPES: dict[str, np.dtype] = {
@@ -152,6 +152,10 @@ def _check_bool(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
+def _check_count(value: Any) -> str | None:
+    return None if _check_int(value) is None and value >= 0 else "must be an integer >= 0"
+
+
 def _check_mode(value: Any) -> str | None:
     return None if value in ("body", "full") else "must be 'body' or 'full'"
 
@@ -229,6 +233,16 @@ SCHEMAS: dict[str, Schema] = {
             "masks": ArraySpec(frozenset({"u1", "bool"}), (None, None, None)),
         },
         check=_check_reconstruct,
+    ),
+    # A video clip on the server's disk (loopback servers only): per-frame progress, one result
+    # in the clip result layout (addon/protocol/clip_result.py).
+    "clip": Schema(
+        required={"clip_path": _check_str},
+        optional={
+            "mode": _check_mode, "start": _check_count, "stop": _check_count, "step": _check_count,
+            "fps": _check_positive, "max_people": _check_count, "intrinsics": _check_intrinsics,
+        },
+        arrays={"boxes": ArraySpec(_FLOATS | {"i4", "i8"}, (None, 4))},
     ),
     "progress": Schema(required={"fraction": _check_fraction}, optional={"message": _check_str}),
     "result": Schema(optional={"info": _check_dict}, arrays=None),

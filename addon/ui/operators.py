@@ -16,6 +16,7 @@ import bpy
 import numpy as np
 from bpy.props import StringProperty
 
+from ..protocol.clip_result import is_video_file
 from . import preferences
 from .package import root_package
 from .properties import scene_settings, status
@@ -217,6 +218,33 @@ def reconstruct_request(context: bpy.types.Context, image_path: str,
     return request
 
 
+def clip_request(context: bpy.types.Context, clip_path: str) -> dict[str, Any]:
+    """Keyword arguments for `JobRunner.submit_clip`: the clip on this machine's disk."""
+    settings = scene_settings(context)
+    request: dict[str, Any] = {"clip_path": clip_path, "mode": settings.mode, "step": int(settings.clip_step)}
+    if settings.person_mode == "BOX":
+        request["boxes"] = np.asarray([[float(v) for v in settings.person_box]], dtype=np.float32)
+    elif settings.person_mode == "INDEX":
+        raise InputError("'Person: Index' picks from a photo's last reconstruction; for a clip use All "
+                         "People or a Box on its first frame")
+    if settings.use_alpha_mask:
+        raise InputError("'Use Alpha as Mask' applies to photos, not to clips")
+    return request
+
+
+def clip_options(context: bpy.types.Context) -> dict[str, Any]:
+    """Options for `apply_clip` from the scene's settings."""
+    settings = scene_settings(context)
+    return {
+        "smoothing": float(settings.clip_smoothing),
+        "foot_lock": bool(settings.clip_foot_lock),
+        "camera": bool(settings.create_camera),
+        "naming": str(settings.naming_preset),
+        "proportions": str(settings.proportions),
+        "mesh": bool(settings.build_mesh),
+    }
+
+
 def apply_options(context: bpy.types.Context) -> dict[str, Any]:
     """Options for `apply_result` from the scene's settings."""
     settings = scene_settings(context)
@@ -256,8 +284,8 @@ def submit_job(context: bpy.types.Context, request: dict[str, Any], image_path: 
     live.last_error = ""
     live.log_tail = ""
     SESSION.request_rig()
-    SESSION.pending = PendingReconstruct(runner.submit_reconstruct(**request), image_path,
-                                         options, kind=kind, target=target)
+    job = runner.submit_clip(**request) if kind == "clip" else runner.submit_reconstruct(**request)
+    SESSION.pending = PendingReconstruct(job, image_path, options, kind=kind, target=target)
     live.job_running = True
     live.progress = 0.0
     live.message = "Submitted"
@@ -305,8 +333,15 @@ class SAM3D_OT_reconstruct(JobOperator, bpy.types.Operator):
                 raise InputError(BUSY_MESSAGE)
             image_path = resolve_image_path(context)
             config = server_config(context)
-            request = reconstruct_request(context, image_path, send_bytes="address" in config)
-            submit_job(context, request, image_path, apply_options(context))
+            if is_video_file(image_path):
+                if "address" in config:
+                    raise InputError("Clips run on a server on this machine (it reads the clip from "
+                                     "disk): switch the server to Local, or reconstruct photos")
+                submit_job(context, clip_request(context, image_path), image_path, clip_options(context),
+                           kind="clip")
+            else:
+                request = reconstruct_request(context, image_path, send_bytes="address" in config)
+                submit_job(context, request, image_path, apply_options(context))
         except InputError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import bpy
 
+from ..protocol.clip_result import is_video_file
 from .operators import camera_background_image, editor_image
 from .properties import scene_settings, status
 
@@ -129,6 +130,12 @@ class SAM3D_PT_input(_SettingsPanel):
                 icon="IMAGE_DATA" if image is not None else "ERROR",
             )
         layout.prop(settings, "mode")
+        if settings.image_source == "FILE" and is_video_file(bpy.path.abspath(settings.image_path.strip())):
+            clip = layout.box()
+            clip.label(text="Video clip: one animated character per person", icon="SEQUENCE")
+            clip.prop(settings, "clip_step")
+            clip.prop(settings, "clip_smoothing")
+            clip.prop(settings, "clip_foot_lock")
         layout.prop(settings, "person_mode")
         if settings.person_mode == "INDEX":
             layout.prop(settings, "person_index")

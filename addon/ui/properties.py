@@ -92,7 +92,27 @@ class SAM3D_PG_scene(bpy.types.PropertyGroup):
         name="Image File",
         subtype="FILE_PATH",
         options=BLEND_RELATIVE,
-        description="Reference photo (PNG, JPEG, ...); // paths are relative to the .blend",
+        description="Reference photo (PNG, JPEG, ...) or video clip (MP4, MOV, MKV, WebM, AVI: one "
+        "animated character per person); // paths are relative to the .blend",
+    )
+    clip_step: IntProperty(
+        name="Every Nth Frame",
+        default=1,
+        min=1,
+        soft_max=10,
+        description="Reconstruct every Nth frame of a clip (the animation is keyed on those frames)",
+    )
+    clip_smoothing: FloatProperty(
+        name="Smoothing",
+        default=2.0,
+        min=0.0,
+        soft_max=8.0,
+        description="Zero-lag motion smoothing of a clip, in frames (0: the raw per-frame poses)",
+    )
+    clip_foot_lock: BoolProperty(
+        name="Foot Lock",
+        default=True,
+        description="Pin the feet while they touch the ground, so they do not skate",
     )
     mode: EnumProperty(
         name="Mode",

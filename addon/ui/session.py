@@ -27,6 +27,7 @@ from ..scene.tags import tag_armatures
 
 UNDO_MESSAGE = "SAM 3D Body Reconstruct"
 UNDO_REFINE = "SAM 3D Body Refine"
+UNDO_CLIP = "SAM 3D Body Clip"
 POLL_BUSY_S = 0.1   # timer interval while a job runs
 POLL_IDLE_S = 1.0   # while the server idles (notices a crash between jobs)
 # Appended to `python -m server serve` (development: e.g. ["--engine", "module:factory"]).
@@ -301,6 +302,9 @@ def _apply_pending(context: bpy.types.Context) -> None:
     if pending.kind == "refine":
         _apply_refine(context, pending)
         return
+    if pending.kind == "clip":
+        _apply_clip(context, pending)
+        return
     try:
         created = apply_result(context, pending.result, SESSION.rig,
                                image_path=pending.image_path, options=pending.options)
@@ -317,6 +321,23 @@ def _apply_pending(context: bpy.types.Context) -> None:
         scene_settings(context).last_collection = created[0].users_collection[0].name
     live.message = f"Built {len(names)} objects"
     _undo_push(UNDO_MESSAGE)
+
+
+def _apply_clip(context: bpy.types.Context, pending: PendingReconstruct) -> None:
+    from ..scene.animation import apply_clip
+
+    assert pending.result is not None and SESSION.rig is not None
+    live = status(context)
+    try:
+        created = apply_clip(context, pending.result, SESSION.rig, movie_path=pending.image_path,
+                             options=pending.options)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        _fail(context, f"Could not build the animation: {exc}")
+        return
+    tracks = sum(1 for obj in created if obj.type == "ARMATURE")
+    frames = len(pending.result.get("frames", ()))
+    live.message = f"Animated {tracks} character(s) over {frames} frames"
+    _undo_push(UNDO_CLIP)
 
 
 def _undo_push(message: str) -> None:

@@ -106,6 +106,8 @@ MESSAGES = [
     ("reconstruct", "job-a", {"mode": "full"}, {"image_bytes": np.frombuffer(b"\xff\xd8jpeg",
                                                                              np.uint8)}),
     ("reconstruct", 5, {"image_path": "/tmp/photo.jpg"}, {}),
+    ("clip", 11, {"clip_path": "/tmp/walk.mp4", "mode": "body", "start": 0, "stop": 40, "step": 2,
+                  "fps": 29.97, "max_people": 2}, {"boxes": np.array([[0, 0, 5, 3]], np.float32)}),
     ("progress", 6, {"fraction": 0.25, "message": "backbone"}, {}),
     ("progress", 6, {"fraction": 1}, {}),
     ("result", 7, {"info": {"seconds": 1.5}}, {"pred_cam_t": np.ones((2, 3), np.float32),

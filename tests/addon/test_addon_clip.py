@@ -1,0 +1,88 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A video clip through the panel's Reconstruct with a real server process and the tiny fixture
+checkpoint: the operator returns at once, progress is per frame, the result becomes a keyed
+character; Cancel mid-clip leaves the scene untouched; a studio server refuses clips clearly."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.video.clip_data import ASTRONAUT_BOX, panned_clip, write_movie
+
+pytestmark = pytest.mark.bpy
+
+bpy = pytest.importorskip("bpy")
+
+from addon_helpers import PACKAGE, enabled_addon  # noqa: E402
+
+WAIT_S = 180.0
+
+
+@pytest.fixture
+def context(parity_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SAM3D_BODY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for ctx in enabled_addon():
+        prefs = ctx.preferences.addons[PACKAGE].preferences
+        prefs.server_python = sys.executable
+        prefs.checkpoint_source = "FOLDER"
+        prefs.checkpoint_dir = str(parity_dir / "checkpoints" / "dinov3_tiny")
+        prefs.device = "cpu"
+        settings = ctx.scene.sam3d_body
+        settings.image_source = "FILE"
+        frames, _ = panned_clip(parity_dir / "images", n_frames=5)
+        settings.image_path = str(write_movie(tmp_path / "walk.mp4", frames))
+        settings.mode = "body"
+        settings.person_mode = "BOX"
+        settings.person_box = tuple(float(v) for v in ASTRONAUT_BOX)
+        yield ctx
+        sys.modules[f"{PACKAGE}.ui.session"].SESSION.stop()
+
+
+def _drain(context, until=lambda: False) -> list[str]:
+    ops = sys.modules[f"{PACKAGE}.ui.operators"]
+    live = context.window_manager.sam3d_body_status
+    seen: list[str] = []
+    deadline = time.monotonic() + WAIT_S
+    while ops.drain_events(context):
+        if live.message and (not seen or seen[-1] != live.message):
+            seen.append(live.message)
+        if until():
+            break
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.02)
+    return seen
+
+
+def test_a_clip_becomes_a_keyed_character(context) -> None:
+    live = context.window_manager.sam3d_body_status
+    context.scene.sam3d_body.clip_step = 2
+    assert bpy.ops.sam3d_body.reconstruct() == {"FINISHED"}
+    assert live.job_running
+    seen = _drain(context)
+    assert live.last_error == "", live.last_error + live.log_tail
+    assert any(m.startswith("frame ") and "/3 (" in m and "frames/s" in m for m in seen), seen
+    arm = next(o for o in bpy.data.objects if o.type == "ARMATURE")
+    action = arm.animation_data.action
+    assert action is not None and context.scene.frame_start == 1 and context.scene.frame_end == 5
+    assert "Animated 1 character(s) over 3 frames" in live.message
+
+
+def test_cancel_mid_clip_leaves_the_scene_untouched(context) -> None:
+    live = context.window_manager.sam3d_body_status
+    before = set(bpy.data.objects.keys())
+    assert bpy.ops.sam3d_body.reconstruct() == {"FINISHED"}
+    _drain(context, until=lambda: live.message.startswith("frame 1/"))
+    assert bpy.ops.sam3d_body.cancel() == {"FINISHED"}
+    _drain(context)
+    assert live.message == "Cancelled" and set(bpy.data.objects.keys()) == before
+
+
+def test_clip_options_that_only_fit_photos_are_refused(context) -> None:
+    settings = context.scene.sam3d_body
+    settings.use_alpha_mask = True
+    with pytest.raises(RuntimeError, match="applies to photos"):
+        bpy.ops.sam3d_body.reconstruct()
