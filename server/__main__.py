@@ -192,6 +192,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     "clear text (use --tls-cert/--tls-key)", args.host)
 
     ready_stream = service.redirect_stdout_to_stderr()
+    from server import stages
+
+    stages.set_sink(ready_stream)  # loading stages before the ready line (server/stages.py)
     holder: dict[str, Any] = {}
 
     def stop() -> None:
@@ -213,6 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout or None, ssl_context=ssl_context)
     holder["service"] = running
     running.start()
+    stages.set_sink(None)
     info = getattr(engine, "info", {}) or {}
     service.announce_ready(ready_stream, {
         "port": running.port, "host": args.host, "protocol": running.info()["protocol"],

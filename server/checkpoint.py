@@ -98,8 +98,12 @@ def download(repo_id: str = DEFAULT_REPO, mhr: str | os.PathLike[str] | None = N
 
     try:
         # Offline: the local cache only, answered at once instead of after the hub's retries.
+        from server.stages import hub_progress_class, stage
+
+        online = reachable()
+        stage(f"fetching {repo_id} from Hugging Face" if online else f"looking for {repo_id} in the local cache")
         local = snapshot_download(repo_id, allow_patterns=patterns, token=token or None, cache_dir=cache_dir,
-                                  local_files_only=not reachable())
+                                  local_files_only=not online, tqdm_class=hub_progress_class(repo_id))
     except hf_errors.GatedRepoError as exc:
         raise ServerError(
             ACCESS_DENIED,

@@ -22,7 +22,7 @@ from . import __version__
 from . import checkpoint as ckpt_mod
 from .config import load_config
 from .errors import BAD_INPUT, CANCELLED, DEVICE_UNAVAILABLE, NO_PERSON, OUT_OF_MEMORY, ServerError
-from .profiling import stage
+from .profiling import listening, stage
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,10 @@ class Engine:
                     raise ServerError(NO_PERSON, "No person was found in the image; draw a box around the person and try again.")
             elif boxes is None:
                 boxes_source = "full_image"
-            out = self._infer_in_batches(work.image, boxes, work.masks, work.cam_int, request.mode, work.prompts,
-                                         request.fit_prompts)
+            n_people = 1 if boxes is None else len(boxes)
+            with listening(_stage_progress(progress, n_people)):
+                out = self._infer_in_batches(work.image, boxes, work.masks, work.cam_int, request.mode,
+                                             work.prompts, request.fit_prompts)
             out = _upscale_outputs(out, work.scale, cam_int, request.masks)
             if cancelled():
                 raise ServerError(CANCELLED, "The reconstruction was cancelled.")
@@ -255,6 +257,29 @@ class _WorkImage:
     prompts: list | None
 
 
+def _stage_progress(progress: Callable[[float, str], None], people: int) -> Callable[[str], None]:
+    """Pipeline stage names -> progress messages (the body pass, then the hands pass)."""
+    who = f"{people} {'person' if people == 1 else 'people'}"
+    seen: set[str] = set()
+
+    def hear(name: str) -> None:
+        hands = "hands" in seen
+        steps = {"crop": (0.1, f"cropping {who}"),
+                 "backbone": (0.65 if hands else 0.2, ("hands" if hands else "body") + ": image encoder"),
+                 "decoder": (0.75 if hands else 0.4, ("hands" if hands else "body") + ": decoder"),
+                 "hands": (0.6, f"hands of {who}"), "merge": (0.85, "merging the hands"),
+                 "fit": (0.87, "fitting the prompts")}
+        seen.add(name)
+        step = steps.get(name)
+        # Hand crops and the second hand's pass repeat earlier steps: the bar never goes back.
+        if step is not None and step[0] >= last[0] and [name, step[0]] != last[1:]:
+            last[:] = [step[0], name, step[0]]
+            progress(*step)
+
+    last: list = [0.0, "", -1.0]
+    return hear
+
+
 def _downscale(image: np.ndarray, cam_int: np.ndarray, request: ReconstructRequest, max_side: int) -> _WorkImage:
     """Very large photos are processed at `max_side` pixels on the long side. The crop is
     512 px anyway; scaling K with the image keeps every camera ray, so the 3D result is the same
@@ -310,6 +335,9 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
     from .models.build import build_sam3d_body
     from .precision import apply_precision, check_precision
 
+    from .stages import stage
+
+    stage("finding the checkpoint")
     files = ckpt_mod.resolve(checkpoint=checkpoint, repo=repo, mhr=mhr)
     cfg = load_config(files.config)
     dev = pick_device(device)
@@ -327,13 +355,16 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
     # of 3.4 GB for `fp32`/`fast` (docs/PRECISION.md, "Loading").
     build_cfg = copy.deepcopy(cfg)
     build_cfg.setdefault("TRAIN", {})["USE_FP16"] = False
+    stage("building the model")
     with no_weight_init():
         model = build_sam3d_body(build_cfg, str(files.mhr))
     mhr_backend = resolve_mhr_backend(mhr_backend, precision, dev)
+    stage("loading the weights")
     ckpt_mod.load_into(model, files.checkpoint,
                        cache_dir=ckpt_mod.default_cache_dir() if cache_dir is None else cache_dir)
     round_like_official(model.backbone, backbone_dtype(cfg.get("TRAIN")))
     use_mhr_backend(model, mhr_backend)
+    stage(f"moving the model to {dev}")
     model.to(dev).eval()
     dtypes = apply_precision(model, precision, dev)
     log.info("model %s loaded on %s in %.2f s (precision %s)", files.source, dev, time.perf_counter() - t0, dtypes)

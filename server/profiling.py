@@ -67,8 +67,24 @@ def active_recorder() -> StageRecorder | None:
 
 
 def stage(name: str):
-    """Context manager timing `name` under the active recorder; a no-op without one."""
+    """Context manager timing `name` under the active recorder; a no-op without one. A stage
+    listener of this thread (`listening`) hears the name of every stage that starts."""
+    listener = getattr(_local, "listener", None)
+    if listener is not None:
+        listener(name)
     recorder = getattr(_local, "recorder", None)
     if recorder is None:
         return _nothing()
     return recorder.stage(name)
+
+
+@contextmanager
+def listening(listener: Callable[[str], None]) -> Iterator[None]:
+    """Call `listener(stage name)` as each pipeline stage starts in this thread (the engine
+    turns them into progress messages: a request's long steps are never silent)."""
+    previous = getattr(_local, "listener", None)
+    _local.listener = listener
+    try:
+        yield
+    finally:
+        _local.listener = previous

@@ -329,6 +329,10 @@ class ServerProcess:
         self._log = LogBuffer(log_lines)
         self._ready = threading.Event()
         self._reader: threading.Thread | None = None
+        # The latest start-up stage ("loading the weights", "downloading ...: 1.2 of 3.6 GB")
+        # and who hears about each new one (JobRunner: a progress event for the waiting job).
+        self.stage = ""
+        self.on_stage: Callable[[str], None] | None = None
 
     @property
     def command(self) -> list[str]:
@@ -379,6 +383,15 @@ class ServerProcess:
         assert process.stdout is not None
         for raw in iter(process.stdout.readline, b""):
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if not self._ready.is_set() and line.startswith(wire.STAGE_PREFIX):
+                try:
+                    message = str(json.loads(line[len(wire.STAGE_PREFIX):])["message"])
+                except (ValueError, KeyError, TypeError):
+                    message = line[len(wire.STAGE_PREFIX):]
+                self.stage = message
+                callback = self.on_stage
+                if callback is not None:
+                    callback(message)
             if not self._ready.is_set() and line.startswith(READY_PREFIX):
                 try:
                     info = json.loads(line[len(READY_PREFIX):])
@@ -558,7 +571,12 @@ class JobRunner:
                                              "restarting the server"))
                 else:
                     self.events.put(JobEvent(job.id, "progress", 0.0, "starting the server"))
-                self.server.start()
+                self.server.on_stage = lambda m: self.events.put(
+                    JobEvent(job.id, "progress", 0.0, f"starting the server: {m}"))
+                try:
+                    self.server.start()
+                finally:
+                    self.server.on_stage = None
         return self.server.client(self.connect_timeout)
 
     def _run(self, job: Job) -> None:

@@ -27,6 +27,9 @@ PREFIX = struct.Struct("<4sIQ")
 # Offsets of numeric arrays in the payload are rounded up to this so decoded views are aligned.
 ALIGNMENT = 64
 
+# A server's start-up stage on its stdout before the ready line: "SAM3D_STAGE {"message": ...}".
+STAGE_PREFIX = "SAM3D_STAGE "
+
 MESSAGE_TYPES = (
     "hello", "load", "rig", "reconstruct", "clip", "progress", "result", "error", "cancel", "shutdown",
 )

@@ -21,16 +21,27 @@ def _run(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+def _gltf_animations(path: Path) -> int:
+    """Animations in a .glb: its first chunk is the JSON document."""
+    import struct
+
+    data = path.read_bytes()
+    length = struct.unpack_from("<I", data, 12)[0]
+    return len(json.loads(data[20:20 + length]).get("animations", []))
+
+
 def test_clip_to_animated_blend_and_fbx(parity_dir: Path, tmp_path: Path) -> None:
     frames, boxes = panned_clip(parity_dir / "images", n_frames=5)
     movie = write_movie(tmp_path / "walk.mp4", frames)
     (tmp_path / "boxes.json").write_text(json.dumps({str(t): b.tolist() for t, b in enumerate(boxes)}))
     run = _run([str(movie), "--blend", str(tmp_path / "out.blend"), "--fbx", str(tmp_path / "out.fbx"),
+                "--glb", str(tmp_path / "out.glb"),
                 "--checkpoint", str(parity_dir / "checkpoints" / "dinov3_tiny"), "--device", "cpu",
                 "--track-boxes", str(tmp_path / "boxes.json"), "--keep-result", str(tmp_path / "clip.npz")], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "out.blend").stat().st_size > 100_000
     assert (tmp_path / "out.fbx").read_bytes()[:18] == b"Kaydara FBX Binary"
+    assert _gltf_animations(tmp_path / "out.glb") == 1
     assert "jitter" in run.stderr and "5/5" in run.stderr  # per-track numbers, the progress bar
     with np.load(tmp_path / "clip.npz") as data:
         assert data["frames"].tolist() == [0, 1, 2, 3, 4] and str(data["kind"]) == "clip"
