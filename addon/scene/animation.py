@@ -33,12 +33,9 @@ FOOT_JOINTS = ("l_ball", "r_ball")  # the toe joints carry the weight at contact
 
 
 def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    opts = dict(DEFAULT_CLIP_OPTIONS)
-    if options:
-        unknown = sorted(set(options) - set(DEFAULT_CLIP_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown clip options {unknown}; known: {sorted(DEFAULT_CLIP_OPTIONS)}")
-        opts.update(options)
+    from .apply import merged_options
+
+    opts = merged_options(DEFAULT_CLIP_OPTIONS, options, "clip")
     if float(opts["smoothing"]) < 0:
         raise ValueError("smoothing must be 0 (off) or positive")
     return opts

@@ -39,14 +39,20 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 PROPORTIONS = ("baked", "exact")
 
 
-def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    opts = dict(DEFAULT_OPTIONS)
+def merged_options(defaults: Mapping[str, Any], options: Mapping[str, Any] | None,
+                   what: str = "apply") -> dict[str, Any]:
+    """`defaults` updated with `options`; an unknown name is a ValueError listing the known ones."""
+    opts = dict(defaults)
     if options:
-        unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+        unknown = sorted(set(options) - set(defaults))
         if unknown:
-            raise ValueError(f"unknown apply options {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
+            raise ValueError(f"unknown {what} options {unknown}; known: {sorted(defaults)}")
         opts.update(options)
     return opts
+
+
+def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    return merged_options(DEFAULT_OPTIONS, options)
 
 
 def _check_compatible(result: Result, rig: RigData) -> None:
