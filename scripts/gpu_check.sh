@@ -32,7 +32,7 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0); print("gpu", p.name, f"{p.total_memory / 2**30:.1f} GiB")
 PY
 echo "== device parity (fixtures)"
-SAM3D_TEST_DEVICE=$DEVICE "$P" -m pytest -q -s -p no:cacheprovider tests/gpu tests/hardening/test_hardening_oom.py 2>&1 | tail -15
+SAM3D_TEST_DEVICE=$DEVICE "$P" -m pytest -q -s -p no:cacheprovider tests/device tests/hardening/test_hardening_oom.py 2>&1 | tail -15
 REPEAT=20; VARIANTS="dinov3 vith"; MODES="body full"; PERSONS="1 3"; PRECISIONS="official fast"; FRAMES=60
 if [ "$QUICK" = "--quick" ]; then REPEAT=1; VARIANTS=dinov3; MODES=body; PERSONS=1; PRECISIONS=fast; FRAMES=2; fi
 echo "== warm benchmarks (median of $REPEAT)"
