@@ -88,7 +88,7 @@ def _check_states(states: np.ndarray, n_joints: int, name: str) -> np.ndarray:
     return s
 
 
-def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Smallest rotation taking unit vector ``a`` to unit vector ``b`` (3x3)."""
     v = np.cross(a, b)
     c = float(np.dot(a, b))
@@ -177,7 +177,7 @@ def rest_bones(bind_skel_state: np.ndarray, parents: np.ndarray,
     c, s = np.cos(AIM_TILT_RAD), np.sin(AIM_TILT_RAD)
     tilt = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])  # about the bone's own X
     for j in range(n):
-        corrections[j] = _rotation_between(y, rot[j].T @ dirs[j]) @ tilt
+        corrections[j] = rotation_between(y, rot[j].T @ dirs[j]) @ tilt
     matrices[:, :3, :3] = A @ rot @ corrections
     matrices[:, :3, 3] = pos @ A.T / CM_PER_M
     matrices[:, 3, 3] = 1.0
