@@ -41,6 +41,11 @@ SLOT_AIM: dict[str, str | None] = {
     "thigh": "shin", "shin": "foot", "foot": "toe", "toe": None,
     **{f: None for f in FINGERS},
 }
+# The slot whose first bone's head a chain is measured from: where rigs start the spine and the
+# thumb differs (Mixamo's Spine sits above MHR's c_spine0; a thumb may or may not include its
+# metacarpal), so those chains are matched by length from a joint every rig agrees on. The other
+# fingers start at the knuckle everywhere, and the palm's length differs between rigs.
+CHAIN_ANCHOR: dict[str, str] = {"spine": "hips", "thumb": "hand"}
 LIMBS: dict[str, tuple[str, str, str]] = {"arm": ("upper_arm", "forearm", "hand"),
                                           "leg": ("thigh", "shin", "foot")}
 MAP_FORMAT = "sam3d-bone-map"
@@ -168,6 +173,15 @@ def aim_slot(slot: str) -> str | None:
     if aim is None:
         return None
     return aim if aim in CENTER_SLOTS else f"{aim}.{side}"
+
+
+def anchor_slot(slot: str) -> str | None:
+    """The slot whose first bone's head a chain slot is measured from (same side), or None."""
+    part, _, side = slot.partition(".")
+    anchor = CHAIN_ANCHOR.get(part)
+    if anchor is None:
+        return None
+    return anchor if anchor in CENTER_SLOTS else f"{anchor}.{side}"
 
 
 def _lookup(bone_names: Iterable[str], prefixes: Sequence[str]) -> dict[str, str]:

@@ -4,10 +4,13 @@ Both rigs are described by their rest bones (armature space, Blender's ``bone.ma
 and the armature object's world matrix; a bone map (addon/rig/bone_maps.py) pairs them by slot.
 The method, per target bone of a mapped slot:
 
-1. *Body alignment.* ``Q`` turns the source's rest body frame (up: hips -> shoulders, lateral:
-   right thigh -> left thigh) into the target's, so the rigs may face and stand any way.
-2. *Segments, not bone axes.* A slot's bones are read as a polyline: their heads, then the head
-   of the slot they aim at (bone_maps.SLOT_AIM) or, without one, the last bone's tail. A target
+1. *Body alignment.* ``Q`` turns the source's rest facing frame (up: the world axis along hips ->
+   shoulders; lateral: right thigh -> left thigh, horizontal) into the target's, so the rigs may
+   face any way and either armature may be Y- or Z-up.
+2. *Segments, not bone axes.* A slot's bones are read as a polyline: the anchor's head for a
+   spine or thumb (hips, hand: bone_maps.CHAIN_ANCHOR, since rigs start those chains at
+   different joints), their heads, then the head of the slot they aim at (bone_maps.SLOT_AIM)
+   or, without one, the last bone's tail. A target
    bone covers a fraction range of its polyline (by rest length); the source polyline at the same
    fractions gives the *source chord* in rest and in pose. Chains of different bone counts
    (three spine bones for four, two neck bones for one) therefore spread the bend along the chain.
@@ -15,7 +18,8 @@ The method, per target bone of a mapped slot:
    chord's middle (pose · rest⁻¹), the target bone's world rotation is
    ``S2 · (Q δ Qᵀ) · Swing(d_target_rest -> Q c_rest) · R_target_rest``: the swing first lines the
    target's rest up with the source's rest (A-pose vs T-pose), ``δ`` carries the twist, and ``S2``
-   makes the posed direction equal the posed chord exactly.
+   makes the posed direction equal the posed chord exactly. The hips take ``Q δ Qᵀ · R_rest``
+   alone: a pelvis bone's axis is not comparable between rigs.
 4. *Root motion*: the hips head moves by the source's hips displacement from its reference rest,
    turned by ``Q`` and scaled by the leg-length ratio; every other head follows the target's own
    bone offsets (its proportions are kept).
@@ -181,6 +185,11 @@ class _Segment:
 class _Polyline:
     bones: tuple[int, ...]
     end: tuple[str, int]     # ("head", aim bone) or ("tail", last bone)
+    anchor: int | None = None  # a bone whose head starts the polyline before the chain's own
+
+    @property
+    def offset(self) -> int:
+        return 0 if self.anchor is None else 1
 
 
 @dataclass
@@ -204,7 +213,7 @@ class RetargetPose:
         lines = []
         if self.angles_deg:
             ranked = sorted(self.angles_deg.items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-1))
-            lines.append(f"{len(self.angles_deg)} bones mapped, worst direction error "
+            lines.append(f"{len(self.mapped)} bones posed, worst direction error "
                          f"{self.max_angle_deg:.1f}°")
             lines += [f"  {name}: {ang:.1f}°" for name, ang in ranked[:worst]]
         for name, err in sorted(self.effector_error.items()):
@@ -268,19 +277,28 @@ class Retargeter:
         return rest_w[mapping[slot][0]][:3, 3] if slot in mapping else None
 
     def _body_frame(self, rest_w: np.ndarray, mapping: dict[str, list[int]]) -> np.ndarray | None:
+        """Facing frame of a rest pose: up is the world axis nearest to hips -> shoulders (rigs
+        stand along one; a measured up would tilt the whole target by the difference of the two
+        rigs' spine lean), lateral is right -> left thigh (or upper arm) made horizontal."""
         hips = self._head(rest_w, mapping, "hips")
         up_pts = [p for p in (self._head(rest_w, mapping, s) for s in ("upper_arm.L", "upper_arm.R"))
                   if p is not None]
         up_pts = up_pts or [p for p in (self._head(rest_w, mapping, s) for s in ("neck", "head"))
                             if p is not None]
+        if hips is None or not up_pts:
+            return None
+        up = np.mean(up_pts, axis=0) - hips
+        if not _unit(up).any():
+            return None
+        axis = int(np.argmax(np.abs(up)))
+        z = np.zeros(3)
+        z[axis] = np.sign(up[axis])
         for a, b in (("thigh.L", "thigh.R"), ("upper_arm.L", "upper_arm.R"),
                      ("clavicle.L", "clavicle.R")):
             left, right = self._head(rest_w, mapping, a), self._head(rest_w, mapping, b)
-            if left is not None and right is not None and up_pts and hips is not None:
-                x = _unit(left - right)
-                up = np.mean(up_pts, axis=0) - hips
-                z = _unit(up - np.dot(up, x) * x)
-                if x.any() and z.any():
+            if left is not None and right is not None:
+                x = _unit((left - right) - np.dot(left - right, z) * z)
+                if x.any():
                     return np.stack([x, np.cross(z, x), z], axis=1)
         return None
 
@@ -318,14 +336,16 @@ class Retargeter:
     def _polyline(self, mapping: dict[str, list[int]], other: dict[str, list[int]],
                   slot: str) -> _Polyline:
         aim = bone_maps.aim_slot(slot)
+        anchor = bone_maps.anchor_slot(slot)
+        start = mapping[anchor][0] if anchor is not None and anchor in mapping and anchor in other else None
         bones = tuple(mapping[slot])
         if aim is not None and aim in mapping and aim in other:
-            return _Polyline(bones, ("head", mapping[aim][0]))
-        return _Polyline(bones, ("tail", bones[-1]))
+            return _Polyline(bones, ("head", mapping[aim][0]), start)
+        return _Polyline(bones, ("tail", bones[-1]), start)
 
     @staticmethod
     def _points(poly: _Polyline, mats: np.ndarray, lengths: np.ndarray, scale: float) -> np.ndarray:
-        pts = [mats[b][:3, 3] for b in poly.bones]
+        pts = [mats[b][:3, 3] for b in ((poly.anchor,) if poly.anchor is not None else ()) + poly.bones]
         kind, b = poly.end
         if kind == "head":
             pts.append(mats[b][:3, 3])
@@ -354,11 +374,14 @@ class Retargeter:
         tf = self._fractions(self._points(t_poly, self.tgt_rest_w, self.target.lengths, self.tgt_scale))
         sf = self._fractions(self._points(s_poly, self.src_rest_w, self.source.lengths, self.src_scale))
         out = []
+        o = t_poly.offset
         for k, bone in enumerate(t_poly.bones):
-            mid, _ = self._locate(sf, 0.5 * (tf[k] + tf[k + 1]))
+            mid, _ = self._locate(sf, 0.5 * (tf[k + o] + tf[k + o + 1]))
+            # a stretch inside the anchor's segment takes the chain's first bone's turn
+            src_bone = s_poly.bones[max(mid - s_poly.offset, 0)]
             end = ("head", t_poly.bones[k + 1]) if k + 1 < len(t_poly.bones) else t_poly.end
-            out.append(_Segment(bone, slot, s_poly.bones[mid], self._locate(sf, tf[k]),
-                                self._locate(sf, tf[k + 1]), end))
+            out.append(_Segment(bone, slot, src_bone, self._locate(sf, tf[k + o]),
+                                self._locate(sf, tf[k + o + 1]), end))
         return out
 
     # -- per pose -------------------------------------------------------------------------------
@@ -407,9 +430,13 @@ class Retargeter:
             delta = q @ sw[seg.src_bone][:3, :3] @ self.src_rest_w[seg.src_bone][:3, :3].T @ q.T
             r_rest = self.tgt_rest_w[seg.bone][:3, :3]
             d_t = self._end_point(seg.t_end, self.tgt_rest_w, tgt) - self.tgt_rest_w[seg.bone][:3, 3]
-            r = delta @ rotation_between(_unit(d_t), _unit(c_rest)) @ r_rest if _unit(d_t).any() and \
-                _unit(c_rest).any() else delta @ r_rest
-            if _unit(c_pose).any() and _unit(c_rest).any():
+            if seg.slot == "hips" or not (_unit(d_t).any() and _unit(c_rest).any()):
+                # The root's "direction" means nothing shared (pelvis bones point up, forward or
+                # down): its turn is the source's, or the whole body would tilt by the difference.
+                r = delta @ r_rest
+            else:
+                r = delta @ rotation_between(_unit(d_t), _unit(c_rest)) @ r_rest
+            if seg.slot != "hips" and _unit(c_pose).any() and _unit(c_rest).any():
                 r = rotation_between(_unit(delta @ c_rest), _unit(c_pose)) @ r
             desired_w[seg.bone] = r
             # the source over the same stretch of the body: what the quality report compares to
@@ -431,6 +458,8 @@ class Retargeter:
         angles = {}
         posed_w = np.stack([self._to_world(m) for m in posed])
         for seg in self.segments:
+            if seg.slot == "hips":
+                continue  # no comparable direction (see above); its place is the root motion
             got = self._end_point(seg.t_end, posed_w, tgt) - posed_w[seg.bone][:3, 3]
             angles[tgt.names[seg.bone]] = _angle_deg(got, wanted_dir[seg.bone])
         final = basis.copy()

@@ -11,7 +11,7 @@ from typing import Any, Sequence, cast
 
 import bpy
 import numpy as np
-from mathutils import Matrix
+from mathutils import Euler, Matrix, Quaternion
 
 from ..rig.camera import CameraParams
 from ..rig.naming import BONE_COLLECTIONS
@@ -291,16 +291,9 @@ def key_animation(obj: bpy.types.Object, bone_names: Sequence[str], frames: np.n
             bpy.data.actions.remove(old)
     fcurves = _channel_fcurves(obj, action)
     frames = np.asarray(frames, dtype=np.float32)
-    linear = np.full(len(frames), 1, dtype=np.int32)  # 'LINEAR': dense keys, no overshoot
 
     def curve(path: str, index: int, values: np.ndarray) -> None:
-        fc = fcurves.new(path, index=index)
-        fc.keyframe_points.add(len(frames))
-        co = np.empty(2 * len(frames), dtype=np.float32)
-        co[0::2], co[1::2] = frames, values
-        fc.keyframe_points.foreach_set("co", co)
-        fc.keyframe_points.foreach_set("interpolation", linear)
-        fc.update()
+        _write_curve(fcurves, path, index, frames, values)
 
     for j, name in enumerate(bone_names):
         obj.pose.bones[name].rotation_mode = "QUATERNION"
@@ -313,6 +306,80 @@ def key_animation(obj: bpy.types.Object, bone_names: Sequence[str], frames: np.n
     for i in range(3):
         curve("location", i, object_location[:, i])
     return action
+
+
+def _rotation_values(pb: Any, quat_wxyz: np.ndarray, previous: Any = None) -> tuple[str, list[float]]:
+    """The rotation channel a pose bone animates in its own rotation mode, and its values."""
+    q: Any = Quaternion(quat_wxyz.tolist())  # the 4.2 stubs type mathutils values as non-iterable
+    mode = pb.rotation_mode
+    if mode == "QUATERNION":
+        return "rotation_quaternion", [float(v) for v in q]
+    if mode == "AXIS_ANGLE":
+        axis, angle = q.to_axis_angle()
+        return "rotation_axis_angle", [float(angle), *(float(v) for v in axis)]
+    euler = q.to_euler(mode) if previous is None else q.to_euler(mode, previous)
+    return "rotation_euler", [float(v) for v in euler]
+
+
+def set_bone_bases(obj: bpy.types.Object, bone_names: Sequence[str], location: np.ndarray,
+                   quaternion_wxyz: np.ndarray, keyframe: int | None = None) -> None:
+    """Pose bones of someone else's rig: location, rotation in each bone's own rotation mode
+    (the rig's settings are left as they are), unit scale; optionally keyed at frame
+    ``keyframe``."""
+    if obj.pose is None:
+        raise RuntimeError(f"armature object {obj.name!r} has no pose")
+    for j, name in enumerate(bone_names):
+        pb: Any = obj.pose.bones[name]
+        path, values = _rotation_values(pb, quaternion_wxyz[j], None if pb.rotation_mode in (
+            "QUATERNION", "AXIS_ANGLE") else pb.rotation_euler)
+        pb.location = location[j].tolist()
+        setattr(pb, path, values)
+        pb.scale = (1.0, 1.0, 1.0)
+        if keyframe is not None:
+            for channel in ("location", path, "scale"):
+                pb.keyframe_insert(channel, frame=keyframe, group=name)
+
+
+def key_bone_bases(obj: bpy.types.Object, bone_names: Sequence[str], frames: np.ndarray,
+                   location: np.ndarray, quaternion_wxyz: np.ndarray,
+                   action_name: str) -> bpy.types.Action:
+    """A new action on someone else's rig keyed on ``frames`` (T): location (T, B, 3) and the
+    rotation (T, B, 4 wxyz) in each bone's own rotation mode. An action the rig had is kept
+    (given a fake user so saving the file keeps it), never deleted."""
+    old = obj.animation_data.action if obj.animation_data else None
+    if old is not None:
+        old.use_fake_user = True
+        obj.animation_data.action = None
+    action = bpy.data.actions.new(action_name)
+    fcurves = _channel_fcurves(obj, action)
+    keys = np.asarray(frames, dtype=np.float32)
+    for j, name in enumerate(bone_names):
+        pb: Any = obj.pose.bones[name]
+        base = f'pose.bones["{name}"]'
+        rotations = []
+        previous = None
+        for t in range(len(keys)):
+            path, values = _rotation_values(pb, quaternion_wxyz[t, j], previous)
+            if path == "rotation_euler":
+                previous = Euler(values, pb.rotation_mode)
+            rotations.append(values)
+        rot = np.asarray(rotations)
+        for i in range(3):
+            _write_curve(fcurves, f"{base}.location", i, keys, location[:, j, i])
+        for i in range(rot.shape[1]):
+            _write_curve(fcurves, f"{base}.{path}", i, keys, rot[:, i])
+    return action
+
+
+def _write_curve(fcurves: Any, path: str, index: int, frames: np.ndarray, values: np.ndarray) -> None:
+    fc = fcurves.new(path, index=index)
+    fc.keyframe_points.add(len(frames))
+    co = np.empty(2 * len(frames), dtype=np.float32)
+    co[0::2], co[1::2] = frames, values
+    fc.keyframe_points.foreach_set("co", co)
+    # LINEAR: dense keys, no overshoot between them
+    fc.keyframe_points.foreach_set("interpolation", np.full(len(frames), 1, dtype=np.int32))
+    fc.update()
 
 
 def set_movie_background(cam_obj: bpy.types.Object, movie_path: str, frame_start: int = 1) -> None:

@@ -1,0 +1,177 @@
+"""Apply Pose to Rig: read two armatures, retarget (addon/rig/retarget.py), write the target's pose.
+
+Plain functions the operator, the CLI and the tests call. The source is any armature with a
+humanoid map (normally one of ours); the target is the user's rig. Only the target's pose bones
+change (and its action for a clip): its rest pose, constraints, meshes and other bones stay.
+Writes go through builder.py.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..rig import bone_maps, motion
+from ..rig.axes import matrix_to_quat_wxyz
+from ..rig.retarget import Retargeter, RetargetPose, Skeleton
+
+REPORT_PROP = "sam3d_retarget"  # on the target object: the last transfer's quality lines
+AUTO = "auto"
+
+
+def _check_armature(obj: Any, what: str) -> None:
+    if obj is None or getattr(obj, "type", None) != "ARMATURE":
+        raise ValueError(f"the {what} must be an armature object, got "
+                         f"{getattr(obj, 'name', obj)!r}")
+    if obj.pose is None:
+        raise ValueError(f"the {what} {obj.name!r} has no pose")
+
+
+def _matrices(collection: Any, attr: str) -> np.ndarray:
+    flat = np.empty(len(collection) * 16, dtype=np.float32)
+    collection.foreach_get(attr, flat)
+    return flat.reshape(-1, 4, 4).transpose(0, 2, 1).astype(np.float64)  # column-major in bpy
+
+
+def skeleton_of(obj: Any) -> Skeleton:
+    """An armature object's rest (bone order of ``obj.data.bones``) and world matrix."""
+    _check_armature(obj, "armature")
+    bones = obj.data.bones
+    names = [b.name for b in bones]
+    parents = np.array([-1 if b.parent is None else bones.find(b.parent.name) for b in bones])
+    return Skeleton(tuple(names), parents, _matrices(bones, "matrix_local"),
+                    np.array([b.length for b in bones]), np.array(obj.matrix_world),
+                    np.array([b.use_inherit_rotation for b in bones]))
+
+
+def pose_matrices(obj: Any, names: Sequence[str]) -> np.ndarray:
+    """Armature-space pose matrices (``pose_bone.matrix``) in ``names`` order."""
+    mats = _matrices(obj.pose.bones, "matrix")
+    order = [obj.pose.bones.find(n) for n in names]
+    return mats[order]
+
+
+def pose_bases(obj: Any, names: Sequence[str]) -> np.ndarray:
+    mats = _matrices(obj.pose.bones, "matrix_basis")
+    return mats[[obj.pose.bones.find(n) for n in names]]
+
+
+def bone_map_for(obj: Any, spec: str | os.PathLike | Mapping[str, Any] | None = AUTO
+                 ) -> tuple[str, dict[str, list[str]]]:
+    """(preset, map) for an armature: ``auto`` detects from its bone names; a preset name uses
+    that preset; a ``.json`` path loads a map file; a mapping is used as given. Every bone the
+    map names must exist on the armature."""
+    names = [b.name for b in obj.data.bones]
+    if spec is None or spec == AUTO:
+        preset, mapping = bone_maps.detect_map(names)
+    elif isinstance(spec, Mapping):
+        preset, mapping = "custom", bone_maps.validate_map(spec)
+    elif str(spec) in bone_maps.PRESETS:
+        preset, mapping = str(spec), bone_maps.map_bones(names, str(spec))
+        if sum(len(v) for v in mapping.values()) < bone_maps.MIN_DETECTED_BONES:
+            raise ValueError(f"the {spec!r} preset finds only {sum(len(v) for v in mapping.values())} "
+                             f"bones on {obj.name!r}; pick another preset or a map file")
+    elif str(spec).lower().endswith(".json"):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"bone-map file not found: {spec}")
+        preset, mapping = "file", bone_maps.load_map(spec)
+    else:
+        raise ValueError(f"unknown bone map {spec!r}: use 'auto', one of {list(bone_maps.PRESETS)} "
+                         "or a .json map file")
+    missing = sorted({b for bones in mapping.values() for b in bones} - set(names))
+    if missing:
+        raise ValueError(f"the bone map names bones {obj.name!r} lacks: {missing[:8]}")
+    return preset, mapping
+
+
+def _retargeter(source: Any, target: Any, source_map: Any, target_map: Any,
+                root_motion: bool) -> tuple[Retargeter, str, str]:
+    _check_armature(source, "source")
+    _check_armature(target, "target")
+    if source == target:
+        raise ValueError("the source and target are the same armature")
+    s_preset, smap = bone_map_for(source, source_map)
+    t_preset, tmap = bone_map_for(target, target_map)
+    rt = Retargeter(skeleton_of(source), smap, skeleton_of(target), tmap, root_motion=root_motion)
+    return rt, s_preset, t_preset
+
+
+def _store_report(target: Any, pose: RetargetPose, t_preset: str, frames: int = 1) -> None:
+    target[REPORT_PROP] = {"map": t_preset, "bones": len(pose.mapped), "frames": frames,
+                           "max_angle_deg": pose.max_angle_deg,
+                           "lines": "\n".join(pose.summary())}
+
+
+def _write(target: Any, rt: Retargeter, pose: RetargetPose, keyframe: int | None) -> None:
+    from . import builder
+
+    names = [rt.target.names[b] for b in pose.mapped]
+    bases = pose.basis[list(pose.mapped)]
+    builder.set_bone_bases(target, names, bases[:, :3, 3], matrix_to_quat_wxyz(bases[:, :3, :3]),
+                           keyframe)
+
+
+def retarget_pose(context: Any, source: Any, target: Any, source_map: Any = AUTO,
+                  target_map: Any = AUTO, ik: bool = False, root_motion: bool = True,
+                  keyframe: bool = False) -> RetargetPose:
+    """Pose ``target`` like ``source`` at the current frame (keyed there with ``keyframe``).
+    Returns the transfer with its quality numbers, also stored on the target
+    (``target["sam3d_retarget"]``)."""
+    rt, _, t_preset = _retargeter(source, target, source_map, target_map, root_motion)
+    context.view_layer.update()
+    pose = rt.pose(pose_matrices(source, rt.source.names), np.array(source.matrix_world),
+                   pose_bases(target, rt.target.names), ik=ik)
+    _write(target, rt, pose, context.scene.frame_current if keyframe else None)
+    context.view_layer.update()
+    _store_report(target, pose, t_preset)
+    return pose
+
+
+def _action_frames(obj: Any, scene: Any) -> tuple[int, int]:
+    action = obj.animation_data.action if obj.animation_data else None
+    if action is None:
+        return scene.frame_start, scene.frame_end
+    start, end = action.frame_range
+    return int(round(start)), int(round(end))
+
+
+def retarget_clip(context: Any, source: Any, target: Any, frames: tuple[int, int] | None = None,
+                  source_map: Any = AUTO, target_map: Any = AUTO, ik: bool = False,
+                  root_motion: bool = True, action_name: str | None = None) -> tuple[Any, dict[str, float]]:
+    """Bake the source's animation onto ``target`` as a new action (every frame of ``frames``,
+    default the source action's range). Root motion is measured from the first frame. Returns the
+    action and the worst quality numbers over the clip."""
+    from . import builder
+
+    scene = context.scene
+    first, last = frames if frames is not None else _action_frames(source, scene)
+    if last < first:
+        raise ValueError(f"empty frame range {first}..{last}")
+    keep = scene.frame_current
+    scene.frame_set(first)
+    try:
+        rt, _, t_preset = _retargeter(source, target, source_map, target_map, root_motion)
+        start_basis = pose_bases(target, rt.target.names)
+        keys = np.arange(first, last + 1)
+        poses = []
+        for f in keys:
+            scene.frame_set(int(f))
+            poses.append(rt.pose(pose_matrices(source, rt.source.names),
+                                 np.array(source.matrix_world), start_basis, ik=ik))
+    finally:
+        scene.frame_set(keep)
+    mapped = list(poses[0].mapped)
+    bases = np.stack([p.basis[mapped] for p in poses])
+    quat = matrix_to_quat_wxyz(bases[..., :3, :3])
+    quat = motion.quat_continuity(quat[..., [1, 2, 3, 0]])[..., [3, 0, 1, 2]]  # no flips between keys
+    action = builder.key_bone_bases(target, [rt.target.names[b] for b in mapped], keys,
+                                    bases[..., :3, 3], quat,
+                                    action_name or f"{target.name}_{source.name}")
+    scene.frame_set(keep)
+    worst = max(poses, key=lambda p: np.nan_to_num(p.max_angle_deg, nan=-1))
+    stats = {"frames": float(len(keys)), "max_angle_deg": float(worst.max_angle_deg),
+             "max_effector_error": max((max(p.effector_error.values(), default=0.0) for p in poses),
+                                       default=0.0)}
+    _store_report(target, worst, t_preset, frames=len(keys))
+    return action, stats
