@@ -25,9 +25,9 @@ def root_package() -> str:
 def _modules() -> list[ModuleType]:
     # Registration order matters: property groups before the classes that point at them,
     # operators before the panels that draw their buttons.
-    from .ui import installer, operators, panel, preferences, properties, refine
+    from .ui import installer, operators, panel, preferences, properties, refine, retarget
 
-    return [properties, preferences, operators, installer, refine, panel]
+    return [properties, preferences, operators, installer, refine, panel, retarget]
 
 
 def register() -> None:

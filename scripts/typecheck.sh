@@ -34,13 +34,13 @@ cache_dir = .mypy_cache
 # bpy declares RNA properties as annotations whose value is a call (`x: IntProperty(...)`),
 # which is how Blender registers them and which mypy cannot read as a type; the stubs also
 # declare those functions as returning None.
-[mypy-addon.ui.properties,addon.ui.preferences,addon.ui.operators,addon.ui.panel,addon.cli.photo]
+[mypy-addon.ui.properties,addon.ui.preferences,addon.ui.operators,addon.ui.panel,addon.ui.retarget,addon.cli.photo]
 disable_error_code = valid-type, func-returns-value
 
 # The scene-writing modules dereference RNA pointers (obj.data, context.scene, node sockets)
 # that the 4.2 stubs declare Optional although Blender never hands them over as None there;
 # narrowing each one would bury the geometry code. Everything else is checked as strictly.
-[mypy-addon.scene.builder,addon.scene.apply,addon.scene.export]
+[mypy-addon.scene.builder,addon.scene.apply,addon.scene.export,addon.scene.retarget]
 disable_error_code = valid-type, func-returns-value, union-attr
 INI
 

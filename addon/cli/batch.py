@@ -215,6 +215,12 @@ def main(argv: Sequence[str]) -> int:
     if args.checkpoint and not os.path.isdir(args.checkpoint):
         print(f"{parser.prog}: error: --checkpoint folder not found: {args.checkpoint}", file=sys.stderr)
         return 2
+    from .retarget_options import check_retarget
+
+    problem = check_retarget(args)
+    if problem:
+        print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+        return 2
     photos = find_photos(folder, args.glob, args.recursive)
     if not photos:
         print(f"{parser.prog}: error: no photos in {folder}"

@@ -55,11 +55,19 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-camera", action="store_true", help="do not build the photo camera")
     parser.add_argument("--no-mesh", action="store_true",
                         help="build the armatures (and camera) only, no meshes")
+    from .retarget_options import add_retarget_options
+
+    add_retarget_options(parser)
 
 
 def check_outputs(args: argparse.Namespace) -> str | None:
     """What is wrong with the output paths (suffix, folder), or None. Missing output folders
     are created, as a user typing `--blend out/character.blend` expects."""
+    from .retarget_options import check_retarget
+
+    problem = check_retarget(args)
+    if problem:
+        return problem
     for flag, path, suffix in (("--blend", args.blend, ".blend"), ("--fbx", args.fbx, ".fbx"),
                                ("--glb", args.glb, ".glb")):
         if not path:
@@ -100,10 +108,16 @@ def save_outputs(context: Any, args: argparse.Namespace, created: Sequence[Any])
 
     from ..scene.export import export_fbx, export_glb
 
+    characters = [obj for obj in created if obj.type in {"ARMATURE", "MESH"}]
+    if getattr(args, "retarget_to", None):
+        from .retarget_options import retarget_outputs
+
+        # the user's rig is the deliverable: it is what the exports hold
+        characters = [o for o in retarget_outputs(context, args, created)
+                      if o.type in {"ARMATURE", "MESH"}]
     blend = os.path.abspath(args.blend)
     bpy.ops.wm.save_as_mainfile(filepath=blend)
     print(f"wrote {blend}", file=sys.stderr)
-    characters = [obj for obj in created if obj.type in {"ARMATURE", "MESH"}]
     if args.fbx:
         path = export_fbx(os.path.abspath(args.fbx), characters, args.preset, context=context)
         print(f"wrote {path}", file=sys.stderr)

@@ -122,10 +122,33 @@ def retarget_pose(context: Any, source: Any, target: Any, source_map: Any = AUTO
     context.view_layer.update()
     pose = rt.pose(pose_matrices(source, rt.source.names), np.array(source.matrix_world),
                    pose_bases(target, rt.target.names), ik=ik)
-    _write(target, rt, pose, context.scene.frame_current if keyframe else None)
+    # An animated rig (an FBX import carries its take) re-applies its action on the next frame
+    # change or file load, which would silently drop the pose: key it there instead.
+    animated = animates(target, [rt.target.names[b] for b in pose.mapped])
+    _write(target, rt, pose, context.scene.frame_current if keyframe or animated else None)
     context.view_layer.update()
     _store_report(target, pose, t_preset)
+    if animated and not keyframe:
+        target[REPORT_PROP]["lines"] += (f"\nkeyed at frame {context.scene.frame_current}: "
+                                         "the rig's action animates these bones")
     return pose
+
+
+def animates(obj: Any, names: Sequence[str]) -> bool:
+    """Whether the object's action has F-curves on any of these pose bones."""
+    anim = obj.animation_data
+    action = anim.action if anim else None
+    if action is None:
+        return False
+    if hasattr(action, "layers"):
+        slot = getattr(anim, "action_slot", None)
+        curves = [fc for layer in action.layers for strip in layer.strips
+                  for fc in (strip.channelbag(slot).fcurves if slot is not None and
+                             strip.channelbag(slot) is not None else [])]
+    else:
+        curves = list(action.fcurves)
+    wanted = {f'pose.bones["{n}"]' for n in names}
+    return any(fc.data_path.rsplit(".", 1)[0] in wanted for fc in curves)
 
 
 def _action_frames(obj: Any, scene: Any) -> tuple[int, int]:
@@ -175,3 +198,49 @@ def retarget_clip(context: Any, source: Any, target: Any, frames: tuple[int, int
                                        default=0.0)}
     _store_report(target, worst, t_preset, frames=len(keys))
     return action, stats
+
+
+def load_target(context: Any, path: str | os.PathLike) -> list[Any]:
+    """Bring a rig into the scene from an ``.fbx`` (Blender's importer) or a ``.blend`` (its
+    armatures and their meshes appended). Returns the new objects, the armature that looks
+    most like a humanoid first; ValueError when the file holds no armature."""
+    import bpy
+
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"target rig not found: {p}")
+    before = set(bpy.data.objects)
+    suffix = os.path.splitext(p)[1].lower()
+    if suffix == ".fbx":
+        result: Any = bpy.ops.import_scene.fbx(filepath=p)
+        if "FINISHED" not in result:
+            raise ValueError(f"Blender's FBX importer could not read {p}")
+        new = [o for o in bpy.data.objects if o not in before]
+    elif suffix == ".blend":
+        libraries: Any = bpy.data.libraries  # the 4.2 stubs type load() as returning None
+        with libraries.load(p, link=False) as (src, dst):
+            dst.objects = list(src.objects)
+        wanted = [o for o in dst.objects if o is not None and (
+            o.type == "ARMATURE" or (o.parent is not None and o.parent.type == "ARMATURE"))]
+        collection = bpy.data.collections.new(os.path.splitext(os.path.basename(p))[0])
+        context.scene.collection.children.link(collection)
+        for obj in wanted:
+            collection.objects.link(obj)
+        for obj in dst.objects:
+            if obj is not None and obj not in wanted and obj.users == 0:
+                bpy.data.objects.remove(obj)
+        new = wanted
+    else:
+        raise ValueError(f"the target rig must be an .fbx or .blend file, got {p}")
+    armatures = [o for o in new if o.type == "ARMATURE"]
+    if not armatures:
+        raise ValueError(f"{p} holds no armature to pose")
+
+    def score(obj: Any) -> int:
+        try:
+            return sum(len(v) for v in bone_maps.detect_map([b.name for b in obj.data.bones])[1].values())
+        except ValueError:
+            return -1
+    armatures.sort(key=score, reverse=True)
+    context.view_layer.update()
+    return armatures + [o for o in new if o.type != "ARMATURE"]

@@ -127,6 +127,10 @@ def test_same_bones_same_proportions_within_2_degrees(source, lod1_result, lod1_
     rest, meshes = _rest_and_mesh(target)
     assert meshes, "the exported character has its mesh"
     pose = scene_retarget.retarget_pose(bpy.context, source, target)
+    # the FBX take is the rig's action: the pose must survive its re-evaluation
+    assert target.animation_data is not None and target.animation_data.action is not None
+    bpy.context.scene.frame_set(bpy.context.scene.frame_current + 5)
+    bpy.context.scene.frame_set(bpy.context.scene.frame_current - 5)
     errors = direction_errors(source, target)
     assert len(errors) >= 50 and max(errors.values()) < 2.0, sorted(errors.items(), key=lambda kv: -kv[1])[:4]
     assert pose.max_angle_deg < 2.0
@@ -181,3 +185,192 @@ def test_rigify_metarig(source, metarig, ik):
         assert max(errors.values()) < 5.0, sorted(errors.items(), key=lambda kv: -kv[1])[:4]
     rest2, _ = _rest_and_mesh(metarig)
     assert all(np.array_equal(rest2[n], m) for n, m in rest.items())
+
+
+def _ue5_name(name: str) -> str:
+    """tests/rig/humanoids.py slot names -> UE5 mannequin names."""
+    parts = name.split(".")
+    side = f"_{parts[-1].lower()}" if parts[-1] in ("L", "R") else ""
+    base = parts[0]
+    if base in ("spine", "neck"):
+        return f"{base}_{int(parts[1]) + 1:02d}"
+    if base in bone_maps.FINGERS:
+        return f"{base}_{int(parts[1]) + 1:02d}{side}"
+    return {"hips": "pelvis", "upper_arm": "upperarm", "forearm": "lowerarm", "shin": "calf",
+            "toe": "ball"}.get(base, base) + side
+
+
+def build_armature(name, skel, rename, extra=()):
+    """A Blender armature from a numpy layout (heads, +Y axes with their rolls, lengths) plus
+    unmapped extras (name, parent, head, tail)."""
+    data = bpy.data.armatures.new(name)
+    obj = bpy.data.objects.new(name, data)
+    bpy.context.scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    eb = {}
+    for i, n in enumerate(skel.names):
+        b = data.edit_bones.new(rename(n))
+        b.head = (0, 0, 0)
+        b.tail = (0, skel.lengths[i], 0)
+        b.matrix = Matrix(skel.rest[i].tolist())
+        eb[n] = b
+    for i, n in enumerate(skel.names):
+        if skel.parents[i] >= 0:
+            eb[n].parent = eb[skel.names[skel.parents[i]]]
+    for child, parent, head, tail in extra:
+        b = data.edit_bones.new(child)
+        b.head, b.tail = head, tail
+        b.parent = data.edit_bones[parent]
+    bpy.ops.object.mode_set(mode="OBJECT")
+    obj.matrix_world = Matrix(skel.world.tolist())
+    bpy.context.view_layer.update()
+    return obj
+
+
+@pytest.fixture()
+def ue5_rig(source):
+    """UE5-mannequin names: 5 spine and 2 neck bones, 3-bone thumbs, a root bone above the
+    pelvis, twist and IK helper bones, A-pose, long arms; turned 90 degrees and at 1/100 scale
+    like an engine import (centimetre bones)."""
+    from tests.rig.humanoids import humanoid, object_matrix
+
+    skel, _ = humanoid(spine=5, neck=2, thumb=3, a_pose=True, arm_scale=1.1, leg_scale=0.95,
+                       roll_seed=4)
+    cm = skel.rest.copy()
+    cm[:, :3, 3] *= 100.0
+    from addon.rig.retarget import Skeleton
+    skel_cm = Skeleton(skel.names, skel.parents, cm, skel.lengths * 100.0,
+                       object_matrix(90, 0.01, (2.0, 1.0, 0.0)))
+    obj = build_armature("Manny", skel_cm, _ue5_name, extra=[
+        ("root", "pelvis", (0, 0, 0), (0, 20, 0)),
+        ("upperarm_twist_01_l", "upperarm_l", (30, 0, 145), (40, 0, 145)),
+        ("ik_foot_l", "pelvis", (10, 0, 5), (10, 20, 5))])
+    # put the root above the pelvis, as in the mannequin
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    obj.data.edit_bones["pelvis"].parent = None
+    obj.data.edit_bones["root"].parent = None
+    obj.data.edit_bones["pelvis"].parent = obj.data.edit_bones["root"]
+    bpy.ops.object.mode_set(mode="OBJECT")
+    return obj
+
+
+@pytest.mark.parametrize("ik", [False, True])
+def test_ue5_layout_turned_and_scaled(source, ue5_rig, ik):
+    found, mapping = bone_maps.detect_map([b.name for b in ue5_rig.data.bones])
+    assert found == "unreal" and len(mapping["spine"]) == 5 and len(mapping["thumb.L"]) == 3
+    rest, _ = _rest_and_mesh(ue5_rig)
+    scene_retarget.retarget_pose(bpy.context, source, ue5_rig, ik=ik)
+    turn = np.array(ue5_rig.matrix_world.to_3x3().normalized())
+    errors = direction_errors(source, ue5_rig, turn)
+    effectors = effector_errors(source, ue5_rig, turn)
+    if ik:
+        assert max(effectors.values()) < 0.01, effectors
+    else:
+        assert max(errors.values()) < 5.0, sorted(errors.items(), key=lambda kv: -kv[1])[:4]
+        assert max(effectors.values()) > 0.01  # other proportions: FK alone cannot reach
+    # helpers keep their rest relation to their parents; the rest pose is untouched
+    assert np.allclose(np.array(ue5_rig.pose.bones["ik_foot_l"].matrix_basis), np.eye(4))
+    rest2, _ = _rest_and_mesh(ue5_rig)
+    assert all(np.array_equal(rest2[n], m) for n, m in rest.items())
+
+
+def test_rotation_modes_are_kept_and_keys_inserted(source, metarig):
+    pbs = metarig.pose.bones
+    pbs["upper_arm.L"].rotation_mode = "XZY"
+    pbs["forearm.R"].rotation_mode = "AXIS_ANGLE"
+    bpy.context.scene.frame_set(7)
+    scene_retarget.retarget_pose(bpy.context, source, metarig, keyframe=True)
+    assert pbs["upper_arm.L"].rotation_mode == "XZY" and pbs["forearm.R"].rotation_mode == "AXIS_ANGLE"
+    errors = direction_errors(source, metarig)
+    assert errors["upper_arm.L"] < 0.01 and errors["forearm.R"] < 0.01
+    fcurves = _fcurves(metarig)
+    paths = {fc.data_path for fc in fcurves}
+    assert 'pose.bones["upper_arm.L"].rotation_euler' in paths
+    assert 'pose.bones["forearm.R"].rotation_axis_angle' in paths
+    assert all(kp.co[0] == 7 for fc in fcurves for kp in fc.keyframe_points)
+
+
+def _fcurves(obj):
+    action = obj.animation_data.action
+    if hasattr(action, "layers") and len(action.layers):
+        return list(action.layers[0].strips[0].channelbag(obj.animation_data.action_slot).fcurves)
+    return list(action.fcurves)
+
+
+def test_a_clip_becomes_an_action_on_the_target(source, lod1_result, lod1_rig, metarig):
+    """Three source frames (person 0's pose, the rest pose, person 1's pose) baked onto the
+    metarig; each frame matches a single-pose transfer of that frame and its old action stays."""
+    other = apply_result(bpy.context, lod1_result, lod1_rig, options={
+        "camera": False, "mesh": False, "collection_name": "other"})[0]
+    names = [pb.name for pb in source.pose.bones]
+    poses = [[pb.matrix_basis.copy() for pb in source.pose.bones],
+             [Matrix.Identity(4) for _ in names],
+             [other.pose.bones[n].matrix_basis.copy() for n in names]]
+    for frame, basis in zip((1, 2, 3), poses):
+        for pb, m in zip(source.pose.bones, basis):
+            pb.matrix_basis = m
+            pb.keyframe_insert("location", frame=frame)
+            pb.keyframe_insert("rotation_quaternion", frame=frame)
+            pb.keyframe_insert("scale", frame=frame)
+    old = bpy.data.actions.new("users_own")
+    metarig.animation_data_create().action = old
+    action, stats = scene_retarget.retarget_clip(bpy.context, source, metarig)
+    assert stats["frames"] == 3 and metarig.animation_data.action == action
+    assert old.name in bpy.data.actions and old.use_fake_user
+    worst = 0.0
+    for frame in (1, 2, 3):
+        bpy.context.scene.frame_set(frame)
+        worst = max(worst, max(direction_errors(source, metarig).values()))
+    assert worst < 5.0
+    assert stats["max_angle_deg"] < 5.0
+
+
+def test_bad_requests_are_refused_clearly(source, metarig, tmp_path):
+    before = {pb.name: np.array(pb.matrix_basis) for pb in metarig.pose.bones}
+    empty = bpy.data.objects.new("empty", None)
+    bpy.context.scene.collection.objects.link(empty)
+    with pytest.raises(ValueError, match="must be an armature"):
+        scene_retarget.retarget_pose(bpy.context, source, empty)
+    with pytest.raises(ValueError, match="same armature"):
+        scene_retarget.retarget_pose(bpy.context, source, source)
+    with pytest.raises(ValueError, match="unknown bone map"):
+        scene_retarget.retarget_pose(bpy.context, source, metarig, target_map="maya")
+    with pytest.raises(FileNotFoundError, match="bone-map file not found"):
+        scene_retarget.retarget_pose(bpy.context, source, metarig, target_map=str(tmp_path / "x.json"))
+    path = bone_maps.save_map(tmp_path / "wrong.json", {"hips": ["pelvis"]})
+    with pytest.raises(ValueError, match="lacks"):
+        scene_retarget.retarget_pose(bpy.context, source, metarig, target_map=path)
+    with pytest.raises(ValueError, match="only"):
+        scene_retarget.retarget_pose(bpy.context, source, metarig, target_map="mixamo")
+    # nothing was posed by the refused requests
+    assert all(np.array_equal(np.array(pb.matrix_basis), before[pb.name]) for pb in metarig.pose.bones)
+
+
+def test_a_map_file_drives_a_rig_no_preset_knows(source, metarig, tmp_path):
+    _, mapping = bone_maps.detect_map([b.name for b in metarig.data.bones])
+    renamed = {}
+    for bone in list(metarig.data.bones):
+        renamed[bone.name] = f"bn_{len(renamed):03d}"
+    for old, new in renamed.items():
+        metarig.data.bones[old].name = new
+    with pytest.raises(ValueError, match="no bone-map preset"):
+        scene_retarget.retarget_pose(bpy.context, source, metarig)
+    path = bone_maps.save_map(tmp_path / "mine.json",
+                              {s: [renamed[b] for b in bones] for s, bones in mapping.items()})
+    pose = scene_retarget.retarget_pose(bpy.context, source, metarig, target_map=path)
+    assert pose.max_angle_deg < 5.0 and len(pose.mapped) == sum(len(v) for v in mapping.values())
+
+
+def test_load_target_from_blend_and_fbx(scene, lod1_result, lod1_rig, tmp_path):
+    name = _own_export(lod1_result, lod1_rig, tmp_path, "mixamo").name
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "rig.blend"))
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    objs = scene_retarget.load_target(bpy.context, tmp_path / "rig.blend")
+    assert objs[0].type == "ARMATURE" and objs[0].name == name
+    assert any(o.type == "MESH" and o.parent == objs[0] for o in objs)
+    with pytest.raises(ValueError, match=".fbx or .blend"):
+        scene_retarget.load_target(bpy.context, bone_maps.save_map(tmp_path / "m.json", {"hips": "x"}))
+    with pytest.raises(FileNotFoundError):
+        scene_retarget.load_target(bpy.context, tmp_path / "none.fbx")
