@@ -13,10 +13,10 @@ unmapped because most rigs lack them. The thumb is the exception: its first bone
 metacarpal-like joint in every convention here (MHR ``thumb0``, Mixamo ``Thumb1``, UE5
 ``thumb_01``), so all of them go in the chain.
 
-The Rigify ``rigify_fk`` preset targets a *generated* rig's FK controls (set the limbs to FK);
-it follows Rigify's naming rules but was not checked against a generated rig here (Rigify's
-generator does not run in headless ``bpy``). ``rigify_deform`` is for deform-only exports
-(``DEF-`` bones without the control rig).
+The Rigify ``rigify_fk`` preset names a *generated* rig's FK controls; the scene side computes
+on the rig's ``ORG-`` skeleton (``rigify_org_map``) and places those controls so the ORG bones
+land where they must (tested on a rig Rigify generates from its human metarig).
+``rigify_deform`` is for deform-only exports (``DEF-`` bones without the control rig).
 """
 from __future__ import annotations
 
@@ -237,6 +237,27 @@ def map_bones(bone_names: Iterable[str], preset: str) -> dict[str, list[str]]:
         if bones:
             out[slot] = bones
     return out
+
+
+def rigify_org_map(bone_names: Iterable[str]) -> dict[str, list[str]]:
+    """The ``ORG-`` skeleton of a generated Rigify rig: the clean hierarchy the FK controls
+    drive through constraints, so the retargeter computes on it and the controls follow."""
+    spec = _rigify("ORG-")
+    table = _lookup(bone_names, ("",))
+    out: dict[str, list[str]] = {}
+    for slot in SLOTS:
+        part, _, side = slot.partition(".")
+        bones = [hit for element in spec[part]
+                 if (hit := _find(table, [a.replace("{S}", side) for a in element])) is not None]
+        if bones:
+            out[slot] = bones
+    return out
+
+
+def is_generated_rigify(bone_names: Iterable[str]) -> bool:
+    """A rig Rigify generated (controls + ORG/DEF/MCH bones), not a metarig."""
+    names = set(bone_names)
+    return "torso" in names and "ORG-spine" in names and any(n.startswith("MCH-") for n in names)
 
 
 def detect_map(bone_names: Iterable[str]) -> tuple[str, dict[str, list[str]]]:

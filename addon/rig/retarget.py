@@ -245,6 +245,8 @@ class Retargeter:
         self.q = self._alignment()
         self.ratio = self._leg_ratio()
         self._s_polys: dict[str, _Polyline] = {}
+        self._last_wanted: dict[int, np.ndarray] = {}
+        self.last_source_world = np.empty((0, 4, 4))
         self._t_polys: dict[str, _Polyline] = {}
         self.segments = [seg for slot in self.slots for seg in self._segments(slot)]
         hips_t = tmap["hips"][0]
@@ -444,10 +446,23 @@ class Retargeter:
         hips_goal = (self.effector_goal(sw[self.hips_source][:3, 3]) if self.root_motion
                      else self.hips_rest_t)
         posed = self._solve(basis, desired_w, hips_goal)
-        errors: dict[str, float] = {}
         if ik:
             desired_w = self._ik(posed, sw, desired_w)
             posed = self._solve(basis, desired_w, hips_goal)
+        self._last_wanted, self.last_source_world = wanted_dir, sw
+        angles, errors = self.measure(posed, sw)
+        final = basis.copy()
+        for b in tgt.order:
+            if b in desired_w:
+                final[b] = basis_for(tgt, posed, b, posed[b])
+        return RetargetPose(final, posed, tuple(sorted(desired_w)), angles, errors)
+
+    def measure(self, posed: np.ndarray, source_world_pose: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+        """Quality of target pose matrices (armature space, e.g. as Blender evaluated them)
+        against the last source pose: per mapped bone the direction error in degrees, per hand
+        and foot the distance to the source's effector in world units."""
+        tgt, sw = self.target, source_world_pose
+        errors: dict[str, float] = {}
         for limb_end in ("hand", "foot"):
             for side in bone_maps.SIDES:
                 slot = f"{limb_end}.{side}"
@@ -461,12 +476,8 @@ class Retargeter:
             if seg.slot == "hips":
                 continue  # no comparable direction (see above); its place is the root motion
             got = self._end_point(seg.t_end, posed_w, tgt) - posed_w[seg.bone][:3, 3]
-            angles[tgt.names[seg.bone]] = _angle_deg(got, wanted_dir[seg.bone])
-        final = basis.copy()
-        for b in tgt.order:
-            if b in desired_w:
-                final[b] = basis_for(tgt, posed, b, posed[b])
-        return RetargetPose(final, posed, tuple(sorted(desired_w)), angles, errors)
+            angles[tgt.names[seg.bone]] = _angle_deg(got, self._last_wanted[seg.bone])
+        return angles, errors
 
     def _end_point(self, end: tuple[str, int], mats_w: np.ndarray, skel: Skeleton) -> np.ndarray:
         kind, b = end

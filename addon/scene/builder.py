@@ -340,6 +340,16 @@ def set_bone_bases(obj: bpy.types.Object, bone_names: Sequence[str], location: n
                 pb.keyframe_insert(channel, frame=keyframe, group=name)
 
 
+def set_bone_matrix(obj: bpy.types.Object, bone_name: str, matrix: np.ndarray) -> None:
+    """Put one pose bone at an armature-space matrix through its evaluated parent (Blender
+    solves the local basis, constraints on the parent chain included)."""
+    obj.pose.bones[bone_name].matrix = Matrix(np.asarray(matrix, dtype=np.float64).tolist())
+
+
+def set_custom_property(obj: bpy.types.Object, bone_name: str, key: str, value: float) -> None:
+    obj.pose.bones[bone_name][key] = value
+
+
 def key_bone_bases(obj: bpy.types.Object, bone_names: Sequence[str], frames: np.ndarray,
                    location: np.ndarray, quaternion_wxyz: np.ndarray,
                    action_name: str) -> bpy.types.Action:

@@ -118,6 +118,9 @@ def retarget_pose(context: Any, source: Any, target: Any, source_map: Any = AUTO
     """Pose ``target`` like ``source`` at the current frame (keyed there with ``keyframe``).
     Returns the transfer with its quality numbers, also stored on the target
     (``target["sam3d_retarget"]``)."""
+    if _drives_generated_rigify(target, target_map):
+        return _retarget_generated_rigify(context, source, target, source_map, ik, root_motion,
+                                          keyframe)
     rt, _, t_preset = _retargeter(source, target, source_map, target_map, root_motion)
     context.view_layer.update()
     pose = rt.pose(pose_matrices(source, rt.source.names), np.array(source.matrix_world),
@@ -244,3 +247,118 @@ def load_target(context: Any, path: str | os.PathLike) -> list[Any]:
     armatures.sort(key=score, reverse=True)
     context.view_layer.update()
     return armatures + [o for o in new if o.type != "ARMATURE"]
+
+
+def _drives_generated_rigify(target: Any, target_map: Any) -> bool:
+    if not (target_map in (None, AUTO, "rigify_fk") and getattr(target, "type", None) == "ARMATURE"):
+        return False
+    names = [b.name for b in target.data.bones]
+    if not bone_maps.is_generated_rigify(names):
+        return False
+    return target_map == "rigify_fk" or bone_maps.detect_map(names)[0] == "rigify_fk"
+
+
+def _depth(obj: Any, name: str) -> int:
+    bone, depth = obj.data.bones[name], 0
+    while bone.parent is not None:
+        bone, depth = bone.parent, depth + 1
+    return depth
+
+
+def org_skeleton(obj: Any) -> Skeleton:
+    """The ORG bones of a generated Rigify rig as a plain hierarchy, the metarig's. An ORG bone
+    takes the first ORG bone above it, or the ORG bone of the first deform bone above it (the
+    palms hang off ``DEF-hand``); the spine's ORG bones hang off tweak and FK bones instead,
+    so each takes the ORG bone whose tail its head sits on (the metarig's connected chain)."""
+    bones = obj.data.bones
+    names = [b.name for b in bones if b.name.startswith("ORG-")]
+    index = {n: i for i, n in enumerate(names)}
+    tails = {n: np.array(bones[n].tail_local) for n in names}
+    parents: list[int] = []
+    for n in names:
+        parent, bone = -1, bones[n].parent
+        while bone is not None and parent == -1:
+            hit = bone.name if bone.name in index else _org_of_deform(bone.name, index)
+            if hit is not None and hit != n:
+                parent = index[hit]
+            bone = bone.parent
+        if parent == -1:
+            head = np.array(bones[n].head_local)
+            near = [m for m in names if m != n and np.linalg.norm(tails[m] - head) < 1e-5
+                    and not _org_below(bones, m, n)]
+            if near:
+                parent = index[near[0]]
+        parents.append(parent)
+    mats = np.array([np.array(bones[n].matrix_local) for n in names])
+    return Skeleton(tuple(names), np.array(parents), mats, np.array([bones[n].length for n in names]),
+                    np.array(obj.matrix_world))
+
+
+def _org_of_deform(name: str, org: dict[str, int]) -> str | None:
+    """``DEF-forearm.L.001`` -> ``ORG-forearm.L`` (Rigify splits deform bones into segments)."""
+    if not name.startswith("DEF-"):
+        return None
+    stem = name[4:]
+    for candidate in (f"ORG-{stem}", f"ORG-{stem.rsplit('.', 1)[0]}"):
+        if candidate in org:
+            return candidate
+    return None
+
+
+def _org_below(bones: Any, name: str, ancestor: str) -> bool:
+    """Whether ``ancestor`` is above ``name`` in the real hierarchy (a cycle guard)."""
+    bone = bones[name].parent
+    while bone is not None:
+        if bone.name == ancestor:
+            return True
+        bone = bone.parent
+    return False
+
+
+# Depth order settles the stock rig in one pass; the second covers controls whose MCH parents
+# follow controls placed later (parent switches, custom follow settings).
+RIGIFY_FK_PASSES = 2
+
+
+def _retarget_generated_rigify(context: Any, source: Any, target: Any, source_map: Any, ik: bool,
+                               root_motion: bool, keyframe: bool) -> RetargetPose:
+    """A generated Rigify rig: compute on its ORG skeleton (the clean hierarchy), switch the
+    limbs to FK, then put each FK control where its ORG bone must go, letting Blender solve
+    the controls' bases through the constraint-driven parents. The controls stay editable."""
+    from . import builder
+
+    _check_armature(source, "source")
+    names = [b.name for b in target.data.bones]
+    controls = bone_maps.map_bones(names, "rigify_fk")
+    org = bone_maps.rigify_org_map(names)
+    _, smap = bone_map_for(source, source_map)
+    rt = Retargeter(skeleton_of(source), smap, org_skeleton(target), org, root_motion=root_motion)
+    context.view_layer.update()
+    pose = rt.pose(pose_matrices(source, rt.source.names), np.array(source.matrix_world), ik=ik)
+    for pb in target.pose.bones:
+        if "IK_FK" in pb.keys():  # Rigify's limb switch: 1 = FK
+            builder.set_custom_property(target, pb.name, "IK_FK", 1.0)
+    rest = {n: np.array(target.data.bones[n].matrix_local) for n in names}
+    pairs = [(c, o) for slot in controls if slot in org for c, o in zip(controls[slot], org[slot])]
+    if "spine_fk" in names and "ORG-spine" in names:
+        # the hips' ORG bone follows the downward FK bone under the spine, not the torso
+        pairs.append(("spine_fk", "ORG-spine"))
+    if "tweak_spine.005" in names and "ORG-spine.005" in names:
+        # one neck control bends both neck bones alike; the tweak between them bends them apart
+        pairs.append(("tweak_spine.005", "ORG-spine.005"))
+    pairs.sort(key=lambda co: _depth(target, co[0]))
+    for _ in range(RIGIFY_FK_PASSES):
+        for c, o in pairs:
+            m = pose.posed[rt.target.index(o)] @ np.linalg.inv(rest[o]) @ rest[c]
+            builder.set_bone_matrix(target, c, m)
+            context.view_layer.update()
+    evaluated = pose_matrices(target, rt.target.names)
+    angles, errors = rt.measure(evaluated, rt.last_source_world)
+    result = RetargetPose(pose.basis, evaluated, pose.mapped, angles, errors)
+    if keyframe or animates(target, [c for c, _ in pairs]):
+        control_names = [c for c, _ in pairs]
+        bases = pose_bases(target, control_names)
+        builder.set_bone_bases(target, control_names, bases[:, :3, 3],
+                               matrix_to_quat_wxyz(bases[:, :3, :3]), context.scene.frame_current)
+    _store_report(target, result, "rigify_fk (via ORG bones)")
+    return result

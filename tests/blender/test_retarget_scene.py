@@ -162,7 +162,13 @@ def test_mixamo_fbx_other_spine_count(source, lod1_result, lod1_rig, tmp_path, i
 
 @pytest.fixture()
 def metarig(source):
-    addon_utils.enable("rigify", default_set=False)
+    # the operator registers Rigify's preferences entry too: addon_utils.enable(default_set=False)
+    # leaves it out, and Rigify then never registers its rig parameters, so generation fails
+    if "rigify" not in bpy.context.preferences.addons:
+        try:
+            bpy.ops.preferences.addon_enable(module="rigify")
+        except RuntimeError:
+            addon_utils.enable("rigify", default_set=False)
     if not hasattr(bpy.ops.object, "armature_human_metarig_add"):
         pytest.skip("this bpy build ships no Rigify")
     bpy.ops.object.armature_human_metarig_add()
@@ -374,3 +380,57 @@ def test_load_target_from_blend_and_fbx(scene, lod1_result, lod1_rig, tmp_path):
         scene_retarget.load_target(bpy.context, bone_maps.save_map(tmp_path / "m.json", {"hips": "x"}))
     with pytest.raises(FileNotFoundError):
         scene_retarget.load_target(bpy.context, tmp_path / "none.fbx")
+
+
+@pytest.fixture()
+def generated_rigify(metarig):
+    try:
+        bpy.ops.pose.rigify_generate()
+    except (RuntimeError, AttributeError) as exc:
+        pytest.skip(f"Rigify cannot generate here: {exc}")
+    rig = next(o for o in bpy.data.objects if o.type == "ARMATURE" and o is not metarig
+               and "ORG-spine" in o.data.bones)
+    metarig.hide_set(True)
+    bpy.context.view_layer.update()
+    return rig
+
+
+def _deform_view(names):
+    """The DEF- bones of a generated rig under the metarig's slot map (DEF chains split a
+    metarig bone in two: both pieces keep the slot)."""
+    return {slot: [d for b in bones for d in (f"DEF-{b}", f"DEF-{b}.001") if d in names]
+            for slot, bones in bone_maps.map_bones([n[4:] for n in names if n.startswith("DEF-")],
+                                                   "rigify").items()}
+
+
+@pytest.mark.parametrize("ik", [False, True])
+def test_generated_rigify_rig_through_its_fk_controls(source, generated_rigify, ik, monkeypatch):
+    rig = generated_rigify
+    names = [b.name for b in rig.data.bones]
+    assert bone_maps.detect_map(names)[0] == "rigify_fk"
+    rest, _ = _rest_and_mesh(rig)
+    report = scene_retarget.retarget_pose(bpy.context, source, rig, ik=ik)
+    # editable result: limbs switched to FK, the FK controls carry the pose
+    switches = [pb for pb in rig.pose.bones if "IK_FK" in pb.keys()]
+    assert len(switches) == 4 and all(pb["IK_FK"] == 1.0 for pb in switches)
+    assert not np.allclose(np.array(rig.pose.bones["upper_arm_fk.L"].matrix_basis), np.eye(4))
+    if not ik:  # keyed on the controls the animator edits
+        scene_retarget.retarget_pose(bpy.context, source, rig, keyframe=True)
+        paths = {fc.data_path for fc in _fcurves(rig)}
+        assert {'pose.bones["upper_arm_fk.L"].rotation_quaternion', 'pose.bones["torso"].location',
+                'pose.bones["spine_fk.002"].rotation_quaternion'} <= paths
+    deform = _deform_view(names)
+    real_detect = bone_maps.detect_map
+    monkeypatch.setattr(bone_maps, "detect_map", lambda n: ("rigify", deform) if "DEF-spine" in set(n)
+                        else real_detect(n))
+    errors = direction_errors(source, rig)
+    assert set(errors) >= {"DEF-upper_arm.L", "DEF-forearm.R", "DEF-shin.L", "DEF-spine.003"}
+    if ik:
+        assert max(effector_errors(source, rig).values()) < 0.01
+    else:
+        assert max(errors.values()) < 5.0, sorted(errors.items(), key=lambda kv: -kv[1])[:4]
+    assert ik or report.max_angle_deg < 5.0
+    if ik:
+        assert max(report.effector_error.values()) < 0.01
+    rest2, _ = _rest_and_mesh(rig)
+    assert all(np.array_equal(rest2[n], m) for n, m in rest.items())
