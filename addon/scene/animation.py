@@ -28,7 +28,10 @@ DEFAULT_CLIP_OPTIONS: dict[str, Any] = {
     "naming": naming.DEFAULT_PRESET,
     "proportions": "baked",
     "collection_name": None,
+    "replace": True,       # a re-run of the same clip updates the characters it built before
 }
+PROP_CLIP = "sam3d_clip"   # which clip built an armature or camera (see clip_key)
+PROP_TRACK = "sam3d_track"
 FOOT_JOINTS = ("l_ball", "r_ball")  # the toe joints carry the weight at contact
 
 
@@ -112,6 +115,8 @@ def apply_clip(context: Any, clip: Mapping[str, Any], rig: RigData | Mapping[str
     _set_frame_rate(context.scene, fps, int(frames.min()) + 1, int(frames.max()) + 1)
     track_ids = [int(t) for t in data["track_ids"] if len(track_rows(data, int(t)))]
     t0 = np.asarray(data["pred_cam_t"], np.float64)[track_rows(data, track_ids[0])[0]]
+    key = clip_key(movie_path, base)
+    previous = previous_build(context.scene, key) if opts["replace"] else {}
     created: list[Any] = []
     for tid in track_ids:
         rows = track_rows(data, tid)
@@ -119,6 +124,9 @@ def apply_clip(context: Any, clip: Mapping[str, Any], rig: RigData | Mapping[str
             "correctives": False, "camera": False, "pose": False, "mesh": bool(opts["mesh"]),
             "naming": opts["naming"], "proportions": opts["proportions"],
             "collection_name": f"{base}_track{tid}"})
+        if tid in previous:
+            objs = _adopt(previous[tid], objs)
+            context.view_layer.update()  # the pose follows the new bones before it is keyed
         arm = objs[0]
         ref_state = rig_rest_state(arm, rig_data.bind_skel_state[source], source)
         rest = rest_with_matrices(rest_bones(ref_state, plan.parents, names_mhr), ref_state,
@@ -127,18 +135,65 @@ def apply_clip(context: Any, clip: Mapping[str, Any], rig: RigData | Mapping[str
                              float(opts["smoothing"]), bool(opts["foot_lock"]))
         builder.key_animation(arm, names, keyed["frames"], keyed["location"], keyed["quaternion"],
                               keyed["scale"], keyed["root"], f"{arm.name}_clip")
-        arm["sam3d_track"] = tid
+        arm[PROP_TRACK] = tid
+        arm[PROP_CLIP] = key
         arm["sam3d_clip_stats"] = {k: float(v) for k, v in keyed["stats"].items()}
         created += objs
     if opts["camera"]:
         collection = builder.new_collection(context, f"{base}_camera")
         params = camera_params(np.asarray(data["cam_int"]), np.asarray(data["image_size"]), t0)
         cam = builder.build_camera(context, collection, f"{base}_camera", params, None)
+        if "camera" in previous:
+            builder.adopt_data(previous["camera"], cam)
+            cam = previous["camera"]
+            cam.data.background_images.clear()
         if movie_path:
             builder.set_movie_background(cam, _first_frame_file(movie_path))
+        cam[PROP_CLIP] = key
         created.append(cam)
     context.scene.frame_set(context.scene.frame_start)
     return created
+
+
+def clip_key(movie_path: str | None, base: str) -> str:
+    """What says two runs are of the same clip: its absolute path, else the collection name."""
+    if movie_path:
+        return os.path.normcase(os.path.abspath(movie_path))
+    return f"collection:{base}"
+
+
+def previous_build(scene: Any, key: str) -> dict[Any, Any]:
+    """The armatures (by track id) and the camera ("camera") an earlier run of the same clip
+    left in ``scene``."""
+    found: dict[Any, Any] = {}
+    for obj in scene.objects:
+        if obj.get(PROP_CLIP) != key:
+            continue
+        if obj.type == "ARMATURE" and PROP_TRACK in obj:
+            found.setdefault(int(obj[PROP_TRACK]), obj)
+        elif obj.type == "CAMERA":
+            found.setdefault("camera", obj)
+    return found
+
+
+def _adopt(old_arm: Any, objs: list[Any]) -> list[Any]:
+    """Rebuild an earlier run's character in place: its armature and skinned mesh objects keep
+    their identity and get the new data (the shape may differ between runs)."""
+    from . import builder
+
+    new_arm, new_meshes = objs[0], [o for o in objs[1:] if o.type == "MESH"]
+    old_meshes = [o for o in old_arm.children if o.type == "MESH" and any(
+        m.type == "ARMATURE" and m.object == old_arm for m in o.modifiers)]
+    kept = [old_arm]
+    for k, mesh in enumerate(new_meshes):
+        if k < len(old_meshes):
+            builder.adopt_data(old_meshes[k], mesh)
+            kept.append(old_meshes[k])
+        else:  # the earlier run had no mesh: keep the new one, moved onto the old armature
+            builder.reparent_skinned(mesh, old_arm)
+            kept.append(mesh)
+    builder.adopt_data(old_arm, new_arm)
+    return kept
 
 
 def _first_frame_file(path: str) -> str:

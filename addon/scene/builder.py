@@ -406,3 +406,42 @@ def set_movie_background(cam_obj: bpy.types.Object, movie_path: str, frame_start
     bg.frame_method = "STRETCH"
     bg.display_depth = "BACK"
     bg.alpha = 1.0
+
+
+def adopt_data(old: bpy.types.Object, new: bpy.types.Object) -> None:
+    """Give ``old`` the data and placement of the freshly built ``new``, then delete ``new``:
+    the user's object (name, parent, constraints, modifiers, custom properties, collections)
+    stays and only what was rebuilt changes. The old data goes when nothing else uses it."""
+    stale = old.data
+    old.data = new.data
+    old.matrix_world = new.matrix_world.copy()
+    remove_object(new)
+    pools: list[tuple[type, Any]] = [(bpy.types.Armature, bpy.data.armatures),
+                                     (bpy.types.Mesh, bpy.data.meshes),
+                                     (bpy.types.Camera, bpy.data.cameras)]
+    for kind, pool in pools:
+        if isinstance(stale, kind) and stale.users == 0:
+            pool.remove(stale)
+
+
+def remove_object(obj: bpy.types.Object) -> None:
+    """Delete an object and the collections of ours it leaves empty."""
+    owned = [c for c in obj.users_collection if c.name in bpy.data.collections
+             and bpy.data.collections[c.name] == c]
+    bpy.data.objects.remove(obj)
+    for collection in owned:
+        if not collection.objects and not collection.children:
+            bpy.data.collections.remove(collection)
+
+
+def reparent_skinned(mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object) -> None:
+    """Move a skinned mesh onto another armature: its collections, parent and modifier."""
+    for collection in list(mesh_obj.users_collection):
+        collection.objects.unlink(mesh_obj)
+    for collection in arm_obj.users_collection:
+        collection.objects.link(mesh_obj)
+    mesh_obj.parent = arm_obj
+    mesh_obj.matrix_parent_inverse = Matrix.Identity(4)
+    for mod in mesh_obj.modifiers:
+        if mod.type == "ARMATURE":
+            cast(bpy.types.ArmatureModifier, mod).object = arm_obj

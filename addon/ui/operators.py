@@ -16,12 +16,12 @@ import bpy
 import numpy as np
 from bpy.props import StringProperty
 
-from ..protocol.clip_result import is_video_file
+from ..protocol.clip_result import VIDEO_SUFFIXES, is_video_file
 from . import preferences
 from .package import root_package
 from .properties import scene_settings, status
 from .session import (SESSION, InputError, PendingReconstruct, _tls_settings, drain_events,
-                      ensure_timer, server_config, status_bar, update_server_state)
+                      ensure_timer, finish_job, server_config, status_bar, update_server_state)
 
 __all__ = ["SESSION", "InputError", "PendingReconstruct", "_tls_settings", "drain_events",
            "server_config"]
@@ -99,6 +99,8 @@ def resolve_image_path(context: bpy.types.Context) -> str:
         if not os.path.isfile(path):
             raise InputError(f"Image file not found: {path}")
         return path
+    if settings.image_source == "CLIP":
+        return movie_clip_path(settings.movie_clip)
     if settings.image_source == "CAMERA":
         image = camera_background_image(context)
         if image is None:
@@ -110,6 +112,24 @@ def resolve_image_path(context: bpy.types.Context) -> str:
         raise InputError("No image: open the photo in an Image Editor, or choose Image: File "
                          "in the Input panel")
     return image_file_for(image)
+
+
+def movie_clip_path(clip: bpy.types.MovieClip | None) -> str:
+    """What the server reads for a Movie Clip: its movie file, or the folder of an image
+    sequence (the frames are numbered files there); InputError says what is wrong."""
+    if clip is None:
+        raise InputError("No clip: choose a Movie Clip in the Input panel (open one in the Movie "
+                         "Clip Editor first)")
+    path = os.path.normpath(bpy.path.abspath(clip.filepath, library=clip.library))
+    if clip.source == "SEQUENCE":
+        path = os.path.dirname(path)
+        if not os.path.isdir(path):
+            raise InputError(f"Movie Clip '{clip.name}': image-sequence folder not found: {path}")
+        return path
+    if not is_video_file(path):
+        raise InputError(f"Movie Clip '{clip.name}': movie file not found or not a video "
+                         f"({', '.join(sorted(VIDEO_SUFFIXES))}): {path}")
+    return path
 
 
 def camera_background_image(context: bpy.types.Context) -> bpy.types.Image | None:
@@ -242,6 +262,7 @@ def clip_options(context: bpy.types.Context) -> dict[str, Any]:
         "naming": str(settings.naming_preset),
         "proportions": str(settings.proportions),
         "mesh": bool(settings.build_mesh),
+        "replace": bool(settings.clip_replace),
     }
 
 
@@ -333,7 +354,7 @@ class SAM3D_OT_reconstruct(JobOperator, bpy.types.Operator):
                 raise InputError(BUSY_MESSAGE)
             image_path = resolve_image_path(context)
             config = server_config(context)
-            if is_video_file(image_path):
+            if is_video_file(image_path) or scene_settings(context).image_source == "CLIP":
                 if "address" in config:
                     raise InputError("Clips run on a server on this machine (it reads the clip from "
                                      "disk): switch the server to Local, or reconstruct photos")
@@ -363,6 +384,11 @@ class SAM3D_OT_cancel(bpy.types.Operator):
         if SESSION.pending is None:
             self.report({"WARNING"}, "Nothing is running")
             return {"CANCELLED"}
+        if SESSION.pending.result is not None:
+            # the server is done and nothing was built yet: drop the result, the scene stays
+            finish_job(context)
+            status(context).message = "Cancelled"
+            return {"FINISHED"}
         SESSION.pending.job.cancel()
         status(context).message = "Cancelling"
         return {"FINISHED"}
@@ -463,11 +489,20 @@ class _ExportOperator:
         if not objects:
             op.report({"ERROR"}, "Nothing to export: select an armature or run Reconstruct")
             return {"CANCELLED"}
+        # The writer holds the main thread: the window's progress cursor is what still moves.
+        wm = context.window_manager
+        if wm is not None:
+            wm.progress_begin(0, 1)
+        status_bar(context, f"SAM 3D Body: exporting {self.what} to {os.path.basename(path)}…")
         try:
             self.write(context, path, objects)
         except (ValueError, OSError, RuntimeError) as exc:
             op.report({"ERROR"}, f"{self.what} export failed: {exc}")
             return {"CANCELLED"}
+        finally:
+            if wm is not None:
+                wm.progress_end()
+            status_bar(context, None)
         op.report({"INFO"}, f"Exported {path}")
         return {"FINISHED"}
 

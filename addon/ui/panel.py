@@ -121,6 +121,8 @@ class SAM3D_PT_input(_SettingsPanel):
         layout.prop(settings, "image_source")
         if settings.image_source == "FILE":
             layout.prop(settings, "image_path")
+        elif settings.image_source == "CLIP":
+            layout.template_ID(settings, "movie_clip", open="clip.open")
         else:
             camera = settings.image_source == "CAMERA"
             image = camera_background_image(context) if camera else editor_image(context)
@@ -130,12 +132,14 @@ class SAM3D_PT_input(_SettingsPanel):
                 icon="IMAGE_DATA" if image is not None else "ERROR",
             )
         layout.prop(settings, "mode")
-        if settings.image_source == "FILE" and is_video_file(bpy.path.abspath(settings.image_path.strip())):
+        if settings.image_source == "CLIP" or (settings.image_source == "FILE" and is_video_file(
+                bpy.path.abspath(settings.image_path.strip()))):
             clip = layout.box()
             clip.label(text="Video clip: one animated character per person", icon="SEQUENCE")
             clip.prop(settings, "clip_step")
             clip.prop(settings, "clip_smoothing")
             clip.prop(settings, "clip_foot_lock")
+            clip.prop(settings, "clip_replace")
         layout.prop(settings, "person_mode")
         if settings.person_mode == "INDEX":
             layout.prop(settings, "person_index")

@@ -31,6 +31,8 @@ IMAGE_SOURCES = [
     ("EDITOR", "Image Editor", "The image shown in an Image Editor of this window"),
     ("FILE", "File", "An image file on disk"),
     ("CAMERA", "Camera Background", "The background image of the scene's active camera"),
+    ("CLIP", "Movie Clip", "A Movie Clip (a video file or an image sequence): one animated "
+     "character per person"),
 ]
 
 PERSON_MODES = [
@@ -95,6 +97,11 @@ class SAM3D_PG_scene(bpy.types.PropertyGroup):
         description="Reference photo (PNG, JPEG, ...) or video clip (MP4, MOV, MKV, WebM, AVI: one "
         "animated character per person); // paths are relative to the .blend",
     )
+    movie_clip: PointerProperty(
+        name="Movie Clip",
+        type=bpy.types.MovieClip,
+        description="The clip to reconstruct (its file or image sequence is read from disk)",
+    )
     clip_step: IntProperty(
         name="Every Nth Frame",
         default=1,
@@ -113,6 +120,12 @@ class SAM3D_PG_scene(bpy.types.PropertyGroup):
         name="Foot Lock",
         default=True,
         description="Pin the feet while they touch the ground, so they do not skate",
+    )
+    clip_replace: BoolProperty(
+        name="Update Previous Run",
+        default=True,
+        description="Running the same clip again rebuilds its characters in place (same objects, "
+        "new action) instead of adding new ones",
     )
     mode: EnumProperty(
         name="Mode",

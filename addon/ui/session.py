@@ -166,6 +166,8 @@ class PendingReconstruct:
     # "reconstruct" builds a new collection; "refine" poses the armature `target` in place.
     kind: str = "reconstruct"
     target: str = ""
+    # The build stage was shown (panel + status bar) on an earlier tick: build on this one.
+    announced: bool = False
 
 
 @dataclass
@@ -228,7 +230,8 @@ def _fail(context: bpy.types.Context, message: str, log_tail: str = "") -> None:
     print(f"SAM 3D Body: {message}" + (f"\n{log_tail}" if log_tail else ""))
 
 
-def _finish_job(context: bpy.types.Context) -> None:
+def finish_job(context: bpy.types.Context) -> None:
+    """End the job in the panel and the status bar (its result, if any, is dropped)."""
     live = status(context)
     live.job_running = False
     live.progress = 0.0
@@ -267,7 +270,7 @@ def _handle_rig_event(context: bpy.types.Context, event: JobEvent) -> None:
         return
     if SESSION.pending is not None:
         SESSION.pending.job.cancel()
-        _finish_job(context)
+        finish_job(context)
     _fail(context, _event_error(event), event.log_tail)
 
 
@@ -283,13 +286,27 @@ def _handle_job_event(context: bpy.types.Context, event: JobEvent) -> None:
     elif event.kind == "result":
         pending.result = dict(event.data or {})
         live.progress = 1.0
-        live.message = "Building the character"
     elif event.code == "cancelled":
-        _finish_job(context)
+        finish_job(context)
         live.message = "Cancelled"
     else:
-        _finish_job(context)
+        finish_job(context)
         _fail(context, _event_error(event), event.log_tail)
+
+
+BUILD_STAGES = {"reconstruct": "Building the character", "clip": "Building the animation",
+                "refine": "Posing the character"}
+
+
+def _announce_build(context: bpy.types.Context, pending: PendingReconstruct) -> None:
+    """Show the build stage and leave the build to the next tick: the build holds the main
+    thread for a second or more, and Blender repaints the panel and status bar only between
+    timer ticks, so without this pause the last thing shown would be the server's 100%."""
+    live = status(context)
+    live.progress = 1.0
+    live.message = BUILD_STAGES.get(pending.kind, "Building")
+    status_bar(context, f"SAM 3D Body: {live.message}…")
+    pending.announced = True
 
 
 def _apply_pending(context: bpy.types.Context) -> None:
@@ -298,7 +315,7 @@ def _apply_pending(context: bpy.types.Context) -> None:
     pending = SESSION.pending
     assert pending is not None and pending.result is not None and SESSION.rig is not None
     live = status(context)
-    _finish_job(context)
+    finish_job(context)
     if pending.kind == "refine":
         _apply_refine(context, pending)
         return
@@ -388,7 +405,10 @@ def drain_events(context: bpy.types.Context) -> bool:
             # else: a late event of a job that was already given up on
     pending = SESSION.pending
     if pending is not None and pending.result is not None and SESSION.rig is not None:
-        _apply_pending(context)
+        if pending.announced:
+            _apply_pending(context)
+        else:
+            _announce_build(context, pending)
     update_server_state(context)
     live.job_running = SESSION.pending is not None
     return SESSION.busy()

@@ -86,3 +86,44 @@ def test_clip_options_that_only_fit_photos_are_refused(context) -> None:
     settings.use_alpha_mask = True
     with pytest.raises(RuntimeError, match="applies to photos"):
         bpy.ops.sam3d_body.reconstruct()
+
+
+def test_a_movie_clip_datablock_image_sequence(context, tmp_path: Path, parity_dir: Path) -> None:
+    """Image: Movie Clip reads the clip's frames from disk (here an image sequence, the case a
+    file path cannot name); the build stage shows before the character is built."""
+    from PIL import Image
+
+    frames, _ = panned_clip(parity_dir / "images", n_frames=3)
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for k, rgb in enumerate(frames, start=1):
+        Image.fromarray(rgb).save(folder / f"walk_{k:04d}.png")
+    clip = bpy.data.movieclips.load(str(folder / "walk_0001.png"))
+    assert clip.source == "SEQUENCE"
+    settings = context.scene.sam3d_body
+    settings.image_source = "CLIP"
+    settings.movie_clip = clip
+    live = context.window_manager.sam3d_body_status
+    assert bpy.ops.sam3d_body.reconstruct() == {"FINISHED"}
+    seen = _drain(context)
+    assert live.last_error == "", live.last_error + live.log_tail
+    assert "Building the animation" in seen, seen
+    arm = next(o for o in bpy.data.objects if o.type == "ARMATURE")
+    assert arm.animation_data.action is not None
+    assert "Animated 1 character(s) over 3 frames" in live.message
+
+
+def test_movie_clip_source_errors(context, tmp_path: Path) -> None:
+    ops = sys.modules[f"{PACKAGE}.ui.operators"]
+    settings = context.scene.sam3d_body
+    settings.image_source = "CLIP"
+    with pytest.raises(RuntimeError, match="No clip: choose a Movie Clip"):
+        bpy.ops.sam3d_body.reconstruct()
+    movie = Path(settings.image_path)
+    clip = bpy.data.movieclips.load(str(movie))
+    assert ops.movie_clip_path(clip) == str(movie)
+    clip.filepath = str(tmp_path / "gone.mp4")
+    settings.movie_clip = clip
+    with pytest.raises(RuntimeError, match="movie file not found or not a video"):
+        bpy.ops.sam3d_body.reconstruct()
+    assert not context.window_manager.sam3d_body_status.job_running

@@ -182,6 +182,10 @@ def test_drain_events_applies_the_result(context, tmp_path: Path) -> None:
     assert ops.drain_events(context) is True
     assert not [o for o in bpy.data.objects]
     events.put(JobEvent(1, "result", 1.0, "done", data=synthetic.rig_data()))
+    # One tick shows the build stage (Blender repaints between ticks), the next one builds.
+    assert ops.drain_events(context) is True
+    assert live.message == "Building the character" and live.job_running
+    assert not [o for o in bpy.data.objects]
     assert ops.drain_events(context) is False
 
     assert not live.job_running and live.last_error == ""
@@ -248,6 +252,7 @@ def test_drain_events_reports_a_bad_result(context) -> None:
     broken["mhr_skel_state"] = broken["mhr_skel_state"][:, :10]
     events.put(JobEvent(1, "result", data=synthetic.rig_data()))
     events.put(JobEvent(2, "result", data=broken))
+    assert ops.drain_events(context) is True
     assert ops.drain_events(context) is False
     live = context.window_manager.sam3d_body_status
     assert live.last_error.startswith("Could not build the character")
@@ -265,3 +270,15 @@ def test_cancel_operator_and_cancelled_event(context) -> None:
     live = context.window_manager.sam3d_body_status
     assert not live.job_running and live.message == "Cancelled" and live.last_error == ""
     assert not bpy.ops.sam3d_body.cancel.poll()
+
+
+def test_cancel_after_the_result_arrived_builds_nothing(context) -> None:
+    ops = ops_module()
+    events = _fake_session(ops, None)
+    events.put(JobEvent(1, "result", data=synthetic.rig_data()))
+    events.put(JobEvent(2, "result", data=synthetic.result()))
+    assert ops.drain_events(context) is True  # the build stage is on screen
+    assert bpy.ops.sam3d_body.cancel() == {"FINISHED"}
+    assert ops.drain_events(context) is False
+    live = context.window_manager.sam3d_body_status
+    assert live.message == "Cancelled" and not live.job_running and not bpy.data.objects

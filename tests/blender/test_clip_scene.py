@@ -112,3 +112,46 @@ def test_fbx_carries_one_animation_of_the_clip(scene, clip_files, tmp_path: Path
     curves = _fcurves(arm)
     n = len(track_rows(clip, 0))
     assert curves and max(len(fc.keyframe_points) for fc in curves) == n
+
+
+def test_rerunning_a_clip_updates_its_characters_in_place(scene, clip_files) -> None:
+    """The same clip again (other smoothing) rebuilds into the objects of the first run: same
+    armature, mesh and camera objects, the user's additions kept, the old action gone; a
+    different clip, or replace off, builds new characters."""
+    movie, result = clip_files
+    clip, rig = _load(result)
+    first = apply_clip(bpy.context, clip, rig, movie_path=str(movie), options={"smoothing": 0.0})
+    arm, mesh, cam = first[0], first[1], first[-1]
+    assert (arm.type, mesh.type, cam.type) == ("ARMATURE", "MESH", "CAMERA")
+    pointers = [o.as_pointer() for o in first]
+    arm["animator_note"] = "keep me"
+    prop = bpy.data.objects.new("prop", None)
+    scene.collection.objects.link(prop)
+    prop.parent = arm
+    names = [b.name for b in arm.pose.bones]
+    rows = track_rows(clip, 0)
+    mid = int(clip["frame"][rows[len(rows) // 2]]) + 1
+    scene.frame_set(mid)
+    raw = _joint_world(arm, names)
+    old_action = arm.animation_data.action.name
+    counts = [len(pool) for pool in (bpy.data.objects, bpy.data.armatures, bpy.data.meshes,
+                                     bpy.data.cameras, bpy.data.collections, bpy.data.actions)]
+
+    second = apply_clip(bpy.context, clip, rig, movie_path=str(movie), options={"smoothing": 4.0})
+    assert [o.as_pointer() for o in second] == pointers
+    assert arm["animator_note"] == "keep me" and prop.parent == arm
+    assert [len(pool) for pool in (bpy.data.objects, bpy.data.armatures, bpy.data.meshes,
+                                   bpy.data.cameras, bpy.data.collections, bpy.data.actions)] == counts
+    assert old_action not in bpy.data.actions or arm.animation_data.action.name == old_action
+    assert mesh.parent == arm and any(m.type == "ARMATURE" and m.object == arm for m in mesh.modifiers)
+    assert len(cam.data.background_images) == 1
+    scene.frame_set(mid)
+    assert np.abs(_joint_world(arm, names) - raw).max() > 1e-4  # smoothed now
+    apply_clip(bpy.context, clip, rig, movie_path=str(movie), options={"smoothing": 0.0})
+    scene.frame_set(mid)
+    assert np.abs(_joint_world(arm, names) - raw).max() < 1e-6  # the raw keys again
+
+    third = apply_clip(bpy.context, clip, rig, movie_path=str(movie),
+                       options={"smoothing": 0.0, "replace": False})
+    assert third[0].as_pointer() not in pointers
+    assert sum(o.type == "ARMATURE" for o in bpy.data.objects) == 2
