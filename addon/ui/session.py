@@ -259,8 +259,12 @@ def _event_error(event: JobEvent) -> str:
 def _handle_rig_event(context: bpy.types.Context, event: JobEvent) -> None:
     live = status(context)
     if event.kind == "progress":
-        if SESSION.pending is None:
+        # Start-up stages (download, model load) arrive on the rig job; while the rig is
+        # missing they are also what a waiting reconstruction is waiting for.
+        if SESSION.pending is None or SESSION.rig is None:
             live.message = event.message
+        if SESSION.pending is not None and SESSION.rig is None:
+            status_bar(context, f"SAM 3D Body: {event.message} (Esc or Cancel stops it)")
         return
     SESSION.rig_job = None
     if event.kind == "result" and event.data is not None:

@@ -272,6 +272,20 @@ def test_cancel_operator_and_cancelled_event(context) -> None:
     assert not bpy.ops.sam3d_body.cancel.poll()
 
 
+def test_server_start_stages_show_while_a_reconstruction_waits(context) -> None:
+    ops = ops_module()
+    events = _fake_session(ops, None)
+    live = context.window_manager.sam3d_body_status
+    events.put(JobEvent(1, "progress", 0.0, "starting the server: loading the weights"))
+    assert ops.drain_events(context) is True
+    assert live.message == "starting the server: loading the weights"
+    events.put(JobEvent(1, "result", data=synthetic.rig_data()))
+    events.put(JobEvent(2, "progress", 0.3, "person 1/1"))
+    events.put(JobEvent(1, "progress", 0.0, "a late stage"))
+    assert ops.drain_events(context) is True
+    assert live.message == "person 1/1"  # once the server is up, the job's own progress
+
+
 def test_cancel_after_the_result_arrived_builds_nothing(context) -> None:
     ops = ops_module()
     events = _fake_session(ops, None)
