@@ -120,8 +120,9 @@ def _scene_args(args: argparse.Namespace, outputs: dict[str, Path]) -> argparse.
 
 
 def build_one(args: argparse.Namespace, photo: Path, outputs: dict[str, Path], rig: dict[str, Any],
-              result: dict[str, Any]) -> int:
-    """Build and save one photo's scene; returns the number of people."""
+              result: dict[str, Any], stage: Callable[[str], None] = lambda message: None) -> int:
+    """Build and save one photo's scene (each step named to ``stage``); returns the number of
+    people."""
     from ..scene.apply import apply_result
     from ..scene.tags import tag_armatures
 
@@ -129,7 +130,7 @@ def build_one(args: argparse.Namespace, photo: Path, outputs: dict[str, Path], r
     context = new_scene()
     created = apply_result(context, result, rig, image_path=str(photo), options=apply_options(args))
     tag_armatures(created, result, str(photo))
-    save_outputs(context, _scene_args(args, outputs), created)
+    save_outputs(context, _scene_args(args, outputs), created, stage)
     return sum(1 for obj in created if getattr(obj, "type", "") == "ARMATURE")
 
 
@@ -185,7 +186,8 @@ def run_batch(args: argparse.Namespace, photos: list[Path], runner: JobRunner) -
                     request["intrinsics"] = list(args.intrinsics)
                 result = wait_for(runner, runner.submit_reconstruct(**request).id, progress)
                 progress(1.0, "building the scene")
-                report.people = build_one(args, photo, outs, rig, result)
+                report.people = build_one(args, photo, outs, rig, result,
+                                          lambda message: progress(1.0, message))
                 report.status, report.outputs = "done", [str(p) for p in outs.values()]
                 people += report.people
             except (RuntimeError, ValueError, KeyError, OSError) as exc:

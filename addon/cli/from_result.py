@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..scene.export import FBX_PRESETS
 from ..rig.naming import PRESETS as NAMING_PRESETS
@@ -101,8 +101,10 @@ def new_scene() -> Any:
     return bpy.context
 
 
-def save_outputs(context: Any, args: argparse.Namespace, created: Sequence[Any]) -> None:
-    """Save the .blend, then the FBX / glTF exports asked for; each written path goes to stderr.
+def save_outputs(context: Any, args: argparse.Namespace, created: Sequence[Any],
+                 stage: Callable[[str], None] = lambda message: None) -> None:
+    """Save the .blend, then the FBX / glTF exports asked for; each written path goes to stderr,
+    each step's name to ``stage`` as it begins (a progress bar's label).
     Raises ValueError / RuntimeError / OSError with a clear message."""
     import bpy
 
@@ -112,16 +114,20 @@ def save_outputs(context: Any, args: argparse.Namespace, created: Sequence[Any])
     if getattr(args, "retarget_to", None):
         from .retarget_options import retarget_outputs
 
+        stage("posing your rig")
         # the user's rig is the deliverable: it is what the exports hold
         characters = [o for o in retarget_outputs(context, args, created)
                       if o.type in {"ARMATURE", "MESH"}]
     blend = os.path.abspath(args.blend)
+    stage("saving the .blend")
     bpy.ops.wm.save_as_mainfile(filepath=blend)
     print(f"wrote {blend}", file=sys.stderr)
     if args.fbx:
+        stage("exporting FBX")
         path = export_fbx(os.path.abspath(args.fbx), characters, args.preset, context=context)
         print(f"wrote {path}", file=sys.stderr)
     if args.glb:
+        stage("exporting glTF")
         path = export_glb(os.path.abspath(args.glb), characters, context=context)
         print(f"wrote {path}", file=sys.stderr)
 

@@ -55,6 +55,7 @@ def test_batch_writes_one_scene_per_photo_and_reports_the_bad_ones(photos: Path,
     assert by_photo["d_tiny.png"]["status"] == "failed" and "too small" in by_photo["d_tiny.png"]["error"]
     assert not (out / "c_corrupt.blend").exists() and not (out / "d_tiny.blend").exists()
     assert "4 photos: 2 done, 0 up to date, 2 failed" in first.stderr
+    assert "building the scene" in first.stderr and "exporting FBX" in first.stderr  # each stage shown
     assert len(re.findall(r"starting the server(?!:)", first.stderr)) <= 1  # one server for the batch
 
     # Again: the done photos are up to date, the bad ones are tried and fail again.
