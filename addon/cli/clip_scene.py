@@ -29,12 +29,16 @@ def build(context: Any, result_path: str, movie: str | None, args: argparse.Name
         raise ValueError(f"{result_path} holds no rig_* arrays; write it with python -m server reconstruct")
     created = apply_clip(context, clip, rig, movie_path=movie, options={
         "smoothing": args.smoothing, "foot_lock": not args.no_foot_lock, "camera": not args.no_camera,
-        "mesh": not args.no_mesh, "naming": args.naming, "proportions": args.proportions})
+        "mesh": not args.no_mesh, "naming": args.naming, "proportions": args.proportions,
+        "correctives": not args.no_correctives})
     for obj in created:
         stats = obj.get("sam3d_clip_stats") if obj.type == "ARMATURE" else None
         if stats:
             s = stats.to_dict() if hasattr(stats, "to_dict") else dict(stats)
             print(f"{obj.name}: jitter {s['jitter_raw']:.3f} -> {s['jitter']:.3f} m/s^2, foot slide in "
                   f"contact {100 * s['foot_slide_raw']:.1f} -> {100 * s['foot_slide']:.1f} cm "
-                  f"({int(s['contact_frames'])} contact frames)", file=sys.stderr)
+                  f"({int(s['contact_frames'])} contact frames)"
+                  + (f", pose correctives as {int(s['corrective_keys'])} shape keys (within "
+                     f"{s['corrective_error_mm']:.2f} mm)" if "corrective_keys" in s else ""),
+                  file=sys.stderr)
     return created

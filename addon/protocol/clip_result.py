@@ -41,6 +41,10 @@ TRACK_ARRAYS: dict[str, tuple[Any, ...]] = {
     "track_rest_skel_state": (127, 8),
 }
 REQUIRED_SHARED = ("cam_int", "image_size", "fps", "frames")
+# Optional: the pose correctives as K shape keys per track (server/video/correctives.py), all or
+# none of these. Row r's offsets = corrective_weights[r, :count] @ basis[track, :count] (cm).
+CORRECTIVE_ARRAYS = ("corrective_weights", "track_corrective_basis", "track_corrective_count",
+                     "track_corrective_error_cm")
 
 
 def is_clip(arrays: Mapping[str, Any]) -> bool:
@@ -77,15 +81,47 @@ def check_clip(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
         raise ValueError(f"clip result rows name tracks {unknown} that track_ids lacks")
     if not set(out["frame"].tolist()) <= set(out["frames"].tolist()):
         raise ValueError("clip result rows name frames that 'frames' lacks")
+    _check_correctives(out, rows, tracks, n_vertices)
     if out["cam_int"].shape != (3, 3) or out["image_size"].shape != (2,):
         raise ValueError("clip result cam_int must be (3, 3) and image_size (2,)")
     fps = float(out["fps"])
     if not np.isfinite(fps) or fps <= 0:
         raise ValueError(f"clip result fps must be positive, got {fps}")
-    for name in (*ROW_ARRAYS, *TRACK_ARRAYS, "cam_int"):
+    for name in (*ROW_ARRAYS, *TRACK_ARRAYS, *CORRECTIVE_ARRAYS, "cam_int"):
         if name in out and np.issubdtype(out[name].dtype, np.floating) and not np.all(np.isfinite(out[name])):
             raise ValueError(f"clip result {name!r} has non-finite values")
     return out
+
+
+def _check_correctives(out: Mapping[str, np.ndarray], rows: int, tracks: int, n_vertices: int) -> None:
+    present = [k for k in CORRECTIVE_ARRAYS if k in out]
+    if not present:
+        return
+    if len(present) != len(CORRECTIVE_ARRAYS):
+        raise ValueError(f"clip result has {present} but not {sorted(set(CORRECTIVE_ARRAYS) - set(present))}")
+    width = out["corrective_weights"].shape[1] if out["corrective_weights"].ndim == 2 else -1
+    want = {"corrective_weights": (rows, width), "track_corrective_basis": (tracks, width, n_vertices, 3),
+            "track_corrective_count": (tracks,), "track_corrective_error_cm": (tracks,)}
+    for name, shape in want.items():
+        if out[name].shape != shape:
+            raise ValueError(f"clip result {name!r} has shape {out[name].shape}, expected {shape}")
+    count = out["track_corrective_count"]
+    if not np.issubdtype(count.dtype, np.integer) or np.any(count < 0) or np.any(count > width):
+        raise ValueError(f"clip result 'track_corrective_count' must be integers in 0..{width}")
+
+
+def track_correctives(clip: Mapping[str, np.ndarray], track_id: int,
+                      rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(weights (len(rows), K), basis (K, V, 3) cm) of one track's corrective shape keys, or None
+    when the result has none for it."""
+    if "track_corrective_basis" not in clip:
+        return None
+    k = int(np.flatnonzero(np.asarray(clip["track_ids"]) == track_id)[0])
+    n = int(np.asarray(clip["track_corrective_count"])[k])
+    if n == 0:
+        return None
+    return (np.asarray(clip["corrective_weights"])[rows, :n],
+            np.asarray(clip["track_corrective_basis"])[k, :n])
 
 
 def track_rows(clip: Mapping[str, np.ndarray], track_id: int) -> np.ndarray:

@@ -156,6 +156,14 @@ def smooth_positions(x: np.ndarray, strength: float) -> np.ndarray:
     return arr.copy() if s == 0 else _gaussian(arr, s)
 
 
+def smooth_values(x: np.ndarray, strength: float) -> np.ndarray:
+    """The same zero-lag Gaussian on any per-frame values (T, ...), e.g. shape-key weights that
+    must follow the smoothed pose they belong to."""
+    arr = _series(x, "x", None)
+    s = _strength(strength)
+    return arr.copy() if s == 0 else _gaussian(arr, s)
+
+
 def smooth_skel_states(states: np.ndarray, strength: float) -> np.ndarray:
     """Smooth skeleton states (T, J, 8): translations and scale in R, rotations on SO(3)."""
     arr = _series(states, "states", 8, ndims=(3,))

@@ -3,7 +3,8 @@
 Each track is built once with apply_result (its locked shape, the first frame's placement), then
 keyed on every frame it was seen: pose bones from the per-frame skeleton states (smoothed on
 SO(3), addon/rig/motion.py), the object's location from the camera translation, with the feet
-pinned during ground contact (a root correction). The camera gets the clip as its background
+pinned during ground contact (a root correction), and MHR's pose correctives as a few shape
+keys whose values are keyed per frame (server/video/correctives.py makes the basis). The camera gets the clip as its background
 movie, in sync: source frame n is scene frame n + 1. A plain function: the CLI and tests call it.
 """
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..protocol.clip_result import check_clip, track_person, track_rows
+from ..protocol.clip_result import check_clip, track_correctives, track_person, track_rows
 from ..protocol.results import RigData
 from ..rig import motion, naming
-from ..rig.axes import person_offset_blender
+from ..rig.axes import mhr_to_blender_points, person_offset_blender
 from ..rig.camera import camera_params
 from ..rig.skeleton import pose_basis, rest_bones, rest_with_matrices
 
@@ -29,6 +30,7 @@ DEFAULT_CLIP_OPTIONS: dict[str, Any] = {
     "proportions": "baked",
     "collection_name": None,
     "replace": True,       # a re-run of the same clip updates the characters it built before
+    "correctives": True,   # the clip's pose correctives as keyed shape keys, when it has them
 }
 PROP_CLIP = "sam3d_clip"   # which clip built an armature or camera (see clip_key)
 PROP_TRACK = "sam3d_track"
@@ -135,6 +137,16 @@ def apply_clip(context: Any, clip: Mapping[str, Any], rig: RigData | Mapping[str
                              float(opts["smoothing"]), bool(opts["foot_lock"]))
         builder.key_animation(arm, names, keyed["frames"], keyed["location"], keyed["quaternion"],
                               keyed["scale"], keyed["root"], f"{arm.name}_clip")
+        correctives = track_correctives(data, tid, rows) if opts["correctives"] else None
+        mesh = next((o for o in objs[1:] if o.type == "MESH"), None)
+        if correctives is not None and mesh is not None:
+            weights, basis = correctives
+            if float(opts["smoothing"]) > 0 and len(rows) > 2:  # they follow the smoothed pose
+                weights = motion.smooth_values(weights, float(opts["smoothing"]))
+            _key_correctives(mesh, (weights, basis), keyed["frames"])
+            slot = int(np.flatnonzero(np.asarray(data["track_ids"]) == tid)[0])
+            keyed["stats"]["corrective_keys"] = len(basis)
+            keyed["stats"]["corrective_error_mm"] = 10.0 * float(data["track_corrective_error_cm"][slot])
         arm[PROP_TRACK] = tid
         arm[PROP_CLIP] = key
         arm["sam3d_clip_stats"] = {k: float(v) for k, v in keyed["stats"].items()}
@@ -153,6 +165,24 @@ def apply_clip(context: Any, clip: Mapping[str, Any], rig: RigData | Mapping[str
         created.append(cam)
     context.scene.frame_set(context.scene.frame_start)
     return created
+
+
+def corrective_key_values(weights: np.ndarray, basis_cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shape-key values (T, K) in -1..1 and the matching shapes (K, V, 3, Blender units): each
+    basis shape scaled by its largest weight over the clip, so sliders never clamp."""
+    weights = np.asarray(weights, dtype=np.float64)
+    scale = np.abs(weights).max(axis=0)
+    scale[scale == 0] = 1.0
+    shapes = mhr_to_blender_points(np.asarray(basis_cm, np.float64) * scale[:, None, None])
+    return weights / scale, shapes
+
+
+def _key_correctives(mesh: Any, correctives: tuple[np.ndarray, np.ndarray], frames: np.ndarray) -> None:
+    from . import builder
+
+    values, shapes = corrective_key_values(*correctives)
+    names = builder.add_clip_corrective_keys(mesh, shapes)
+    builder.key_shape_values(mesh, names, frames, values, f"{mesh.name}_correctives")
 
 
 def clip_key(movie_path: str | None, base: str) -> str:

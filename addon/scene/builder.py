@@ -18,6 +18,7 @@ from ..rig.naming import BONE_COLLECTIONS
 
 MATERIAL_NAME = "SAM3D Body Skin"
 CORRECTIVE_KEY = "pose_correctives"
+CLIP_CORRECTIVE_PREFIX = "pose_correctives_"  # a clip's corrective basis: pose_correctives_01...
 HIDDEN_BONE_COLLECTIONS = ("Helpers",)  # twist helpers and end sites: shown on demand
 
 
@@ -209,6 +210,43 @@ def add_corrective_key(mesh_obj: bpy.types.Object, corrected: np.ndarray,
     return key
 
 
+def add_clip_corrective_keys(mesh_obj: bpy.types.Object, offsets: np.ndarray,
+                             prefix: str = CLIP_CORRECTIVE_PREFIX) -> list[str]:
+    """One shape key per basis shape (K, V, 3 Blender units, rest frame) on top of the mesh's
+    rest; values run -1..1 (the basis is scaled to its largest weight by the caller)."""
+    if mesh_obj.data.shape_keys is None:
+        mesh_obj.shape_key_add(name="Basis", from_mix=False)
+    rest = np.empty(len(mesh_obj.data.vertices) * 3, dtype=np.float32)
+    mesh_obj.data.vertices.foreach_get("co", rest)
+    names = []
+    for k, shape in enumerate(np.asarray(offsets, dtype=np.float32)):
+        key = mesh_obj.shape_key_add(name=f"{prefix}{k + 1:02d}", from_mix=False)
+        key.data.foreach_set("co", rest + shape.ravel())
+        key.slider_min, key.slider_max = -1.0, 1.0
+        key.value = 0.0
+        names.append(key.name)
+    mesh_obj.data.update()
+    return names
+
+
+def key_shape_values(mesh_obj: bpy.types.Object, names: Sequence[str], frames: np.ndarray,
+                     values: np.ndarray, action_name: str) -> bpy.types.Action:
+    """Key the values (T, K) of the mesh's shape keys ``names`` on ``frames``, in one action on
+    the mesh's shape-key datablock (replacing its earlier one)."""
+    keys: Any = mesh_obj.data.shape_keys
+    old = keys.animation_data.action if keys.animation_data else None
+    action = bpy.data.actions.new(action_name)
+    if old is not None:
+        keys.animation_data.action = None
+        if old.users == 0:
+            bpy.data.actions.remove(old)
+    fcurves = _channel_fcurves(keys, action, "KEY")
+    frames = np.asarray(frames, dtype=np.float32)
+    for k, name in enumerate(names):
+        _write_curve(fcurves, f'key_blocks["{name}"].value', 0, frames, np.asarray(values[:, k], np.float32))
+    return action
+
+
 def new_object(collection: bpy.types.Collection, name: str, data: bpy.types.ID,
                location: Sequence[float] = (0.0, 0.0, 0.0)) -> bpy.types.Object:
     obj = bpy.data.objects.new(name, data)
@@ -260,9 +298,10 @@ def build_camera(context: bpy.types.Context, collection: bpy.types.Collection, n
     return obj
 
 
-def _channel_fcurves(obj: bpy.types.Object, action: bpy.types.Action) -> Any:
-    """The F-curve collection of `action` for `obj`: the slot's channel bag on Blender 4.4+
-    (layered actions; `Action.fcurves` is gone in 5.0), `Action.fcurves` before."""
+def _channel_fcurves(obj: Any, action: bpy.types.Action, id_type: str = "OBJECT") -> Any:
+    """The F-curve collection of `action` for `obj` (an object, or a shape-key datablock with
+    ``id_type="KEY"``): the slot's channel bag on Blender 4.4+ (layered actions;
+    `Action.fcurves` is gone in 5.0), `Action.fcurves` before."""
     anim: Any = obj.animation_data or obj.animation_data_create()  # 4.2 stubs lack the 4.4 slots
     anim.action = action
     if not hasattr(action, "layers"):
@@ -270,7 +309,7 @@ def _channel_fcurves(obj: bpy.types.Object, action: bpy.types.Action) -> Any:
     layered: Any = action
     slot = anim.action_slot
     if slot is None:
-        slot = layered.slots.new(id_type="OBJECT", name=obj.name)
+        slot = layered.slots.new(id_type=id_type, name=obj.name)
         anim.action_slot = slot
     layer = layered.layers[0] if len(layered.layers) else layered.layers.new("Layer")
     strip = layer.strips[0] if len(layer.strips) else layer.strips.new(type="KEYFRAME")
@@ -416,6 +455,12 @@ def adopt_data(old: bpy.types.Object, new: bpy.types.Object) -> None:
     old.data = new.data
     old.matrix_world = new.matrix_world.copy()
     remove_object(new)
+    keys = getattr(stale, "shape_keys", None) if stale is not None and stale.users == 0 else None
+    if keys is not None and keys.animation_data is not None and keys.animation_data.action is not None:
+        action = keys.animation_data.action  # the clip's corrective keys go with their mesh
+        keys.animation_data.action = None
+        if action.users == 0:
+            bpy.data.actions.remove(action)
     pools: list[tuple[type, Any]] = [(bpy.types.Armature, bpy.data.armatures),
                                      (bpy.types.Mesh, bpy.data.meshes),
                                      (bpy.types.Camera, bpy.data.cameras)]

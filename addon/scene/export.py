@@ -165,6 +165,11 @@ def export_glb(path: str | os.PathLike, objects: Iterable[Any], context: Any = N
     kwargs: dict[str, Any] = {"filepath": out, "export_format": "GLB", "use_selection": True,
                               "export_skins": True, "export_morph": True,
                               "export_apply": False, "export_yup": True}
+    gltf_op: Any = bpy.ops.export_scene.gltf  # the stubs type operators as unbound classes
+    if "export_animation_mode" in gltf_op.get_rna_type().properties:
+        # A clip's armature action and its corrective shape-key action play together: one
+        # glTF animation of the clip, not one per action.
+        kwargs["export_animation_mode"] = "ACTIVE_ACTIONS"
     with _Selection(ctx, objs), ctx.temp_override(active_object=objs[0], object=objs[0],
                                                   selected_objects=objs):
         # The stubs declare operators as returning None; they return a set of status names.

@@ -263,6 +263,7 @@ def clip_options(context: bpy.types.Context) -> dict[str, Any]:
         "proportions": str(settings.proportions),
         "mesh": bool(settings.build_mesh),
         "replace": bool(settings.clip_replace),
+        "correctives": bool(settings.corrective_shape_key),
     }
 
 

@@ -354,6 +354,15 @@ class MHRBody(nn.Module):
         batch = joint_params.shape[0]
         if not self.has_correctives:
             return torch.zeros(batch, self.num_vertices, 3, dtype=torch.float32, device=self.device)
+        offsets = self.corrective_activations(joint_params) @ self.corrective_dense.t()
+        return offsets.reshape(batch, self.num_vertices, 3)
+
+    def corrective_activations(self, joint_params: torch.Tensor) -> torch.Tensor:
+        """The correctives' hidden layer after its ReLU, (B, hidden): the offsets are this times
+        ``corrective_dense``ᵀ, linear from here on (what clip compression works on)."""
+        batch = joint_params.shape[0]
+        if not self.has_correctives:
+            return torch.zeros(batch, 0, dtype=torch.float32, device=self.device)
         euler = joint_params[:, FIRST_CORRECTIVE_JOINT:, 3:6]
         c, s = torch.cos(euler), torch.sin(euler)
         cx, cy, cz = c.unbind(-1)
@@ -365,8 +374,7 @@ class MHRBody(nn.Module):
         out_idx, in_idx = self.corrective_indices[0], self.corrective_indices[1]
         hidden = feats.new_zeros(batch, self.corrective_hidden)
         hidden = hidden.index_add(1, out_idx, feats.index_select(1, in_idx) * self.corrective_weights)
-        offsets = torch.relu(hidden) @ self.corrective_dense.t()
-        return offsets.reshape(batch, self.num_vertices, 3)
+        return torch.relu(hidden)
 
     def skin(self, skel_state: torch.Tensor, rest: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Linear blend skinning of rest vertices (B or 1, V, 3) by global states (B, J, 8)."""

@@ -5,7 +5,8 @@ Per frame the engine reconstructs the people (the photo pipeline, unchanged); th
 with a warning, never the whole clip. At the end each track's body shape is locked to the median
 over its frames (identity blend shapes and the 68 bone scales) and every frame is re-posed with
 it, so bones keep one length for the whole clip. Only small per-frame arrays are kept (skeleton
-states, parameters, keypoints): no per-frame mesh.
+states, parameters, keypoints): no per-frame mesh; the pose correctives travel as a few basis
+shapes per track and weights per frame (server/video/correctives.py).
 
 Where the boxes of a frame come from, in order: the caller's boxes for that frame
 (`frame_boxes`, e.g. from a studio's own tracker); the first frame's `boxes`; the person
@@ -145,6 +146,11 @@ class ClipJob:
             raise ServerError(BAD_INPUT, "no person was found on any frame of the clip")
         result: dict[str, np.ndarray] = dict(rows)
         result.update(lock_shapes(self.engine.mhr, rows))
+        self.progress(0.96, "compressing pose correctives")
+        from .correctives import track_correctives
+
+        result.update(track_correctives(self.engine.mhr, result["mhr_model_params"], result["track"],
+                                        result["track_ids"]))
         result.update(self.shared)
         result["kind"] = np.array(KIND)
         result["fps"] = np.array(self.source.fps, dtype=np.float64)

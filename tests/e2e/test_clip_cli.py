@@ -21,13 +21,13 @@ def _run(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def _gltf_animations(path: Path) -> int:
+def _gltf_animations(path: Path) -> list[dict]:
     """Animations in a .glb: its first chunk is the JSON document."""
     import struct
 
     data = path.read_bytes()
     length = struct.unpack_from("<I", data, 12)[0]
-    return len(json.loads(data[20:20 + length]).get("animations", []))
+    return json.loads(data[20:20 + length]).get("animations", [])
 
 
 def test_clip_to_animated_blend_and_fbx(parity_dir: Path, tmp_path: Path) -> None:
@@ -41,8 +41,11 @@ def test_clip_to_animated_blend_and_fbx(parity_dir: Path, tmp_path: Path) -> Non
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "out.blend").stat().st_size > 100_000
     assert (tmp_path / "out.fbx").read_bytes()[:18] == b"Kaydara FBX Binary"
-    assert _gltf_animations(tmp_path / "out.glb") == 1
-    assert "jitter" in run.stderr and "5/5" in run.stderr  # per-track numbers, the progress bar
+    animations = _gltf_animations(tmp_path / "out.glb")
+    assert len(animations) == 1  # bones and the corrective shape keys in one animation
+    paths = {c["target"]["path"] for c in animations[0]["channels"]}
+    assert {"rotation", "weights"} <= paths, paths
+    assert "jitter" in run.stderr and "shape keys" in run.stderr and "5/5" in run.stderr  # per-track numbers, the progress bar
     with np.load(tmp_path / "clip.npz") as data:
         assert data["frames"].tolist() == [0, 1, 2, 3, 4] and str(data["kind"]) == "clip"
 
