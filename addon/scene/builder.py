@@ -233,14 +233,7 @@ def key_shape_values(mesh_obj: bpy.types.Object, names: Sequence[str], frames: n
                      values: np.ndarray, action_name: str) -> bpy.types.Action:
     """Key the values (T, K) of the mesh's shape keys ``names`` on ``frames``, in one action on
     the mesh's shape-key datablock (replacing its earlier one)."""
-    keys: Any = mesh_obj.data.shape_keys
-    old = keys.animation_data.action if keys.animation_data else None
-    action = bpy.data.actions.new(action_name)
-    if old is not None:
-        keys.animation_data.action = None
-        if old.users == 0:
-            bpy.data.actions.remove(old)
-    fcurves = _channel_fcurves(keys, action, "KEY")
+    action, fcurves = _replace_action(mesh_obj.data.shape_keys, action_name, "KEY")
     frames = np.asarray(frames, dtype=np.float32)
     for k, name in enumerate(names):
         _write_curve(fcurves, f'key_blocks["{name}"].value', 0, frames, np.asarray(values[:, k], np.float32))
@@ -316,19 +309,25 @@ def _channel_fcurves(obj: Any, action: bpy.types.Action, id_type: str = "OBJECT"
     return strip.channelbag(slot, ensure=True).fcurves
 
 
+def _replace_action(owner: Any, name: str, id_type: str = "OBJECT") -> tuple[bpy.types.Action, Any]:
+    """A new action on ``owner`` (its old one removed when nothing else uses it) and the
+    F-curve collection to write into."""
+    old = owner.animation_data.action if owner.animation_data else None
+    action = bpy.data.actions.new(name)
+    if old is not None:
+        owner.animation_data.action = None
+        if old.users == 0:
+            bpy.data.actions.remove(old)
+    return action, _channel_fcurves(owner, action, id_type)
+
+
 def key_animation(obj: bpy.types.Object, bone_names: Sequence[str], frames: np.ndarray,
                   location: np.ndarray, quaternion_wxyz: np.ndarray, scale: np.ndarray,
                   object_location: np.ndarray, action_name: str) -> bpy.types.Action:
     """One action keyed on `frames` (scene frames, T): pose-bone location/quaternion/scale
     (T, B, 3|4|3) and the object's location (T, 3), linear keys written in bulk. Replaces the
     object's action (the old one is removed when nothing else uses it)."""
-    old = obj.animation_data.action if obj.animation_data else None
-    action = bpy.data.actions.new(action_name)
-    if old is not None:
-        obj.animation_data.action = None
-        if old.users == 0:
-            bpy.data.actions.remove(old)
-    fcurves = _channel_fcurves(obj, action)
+    action, fcurves = _replace_action(obj, action_name)
     frames = np.asarray(frames, dtype=np.float32)
 
     def curve(path: str, index: int, values: np.ndarray) -> None:
@@ -369,7 +368,10 @@ def set_bone_bases(obj: bpy.types.Object, bone_names: Sequence[str], location: n
         raise RuntimeError(f"armature object {obj.name!r} has no pose")
     for j, name in enumerate(bone_names):
         pb: Any = obj.pose.bones[name]
-        path, values = _rotation_values(pb, quaternion_wxyz[j], None if pb.rotation_mode in (
+        quat = np.asarray(quaternion_wxyz[j], dtype=np.float64)
+        if pb.rotation_mode == "QUATERNION" and np.dot(quat, list(pb.rotation_quaternion)) < 0:
+            quat = -quat  # same rotation; keys one after another then never spin the long way
+        path, values = _rotation_values(pb, quat, None if pb.rotation_mode in (
             "QUATERNION", "AXIS_ANGLE") else pb.rotation_euler)
         pb.location = location[j].tolist()
         setattr(pb, path, values)

@@ -174,6 +174,9 @@ def retarget_clip(context: Any, source: Any, target: Any, frames: tuple[int, int
     first, last = frames if frames is not None else _action_frames(source, scene)
     if last < first:
         raise ValueError(f"empty frame range {first}..{last}")
+    if _drives_generated_rigify(target, target_map):
+        return _bake_generated_rigify(context, source, target, (first, last), source_map, ik,
+                                      root_motion, action_name)
     keep = scene.frame_current
     scene.frame_set(first)
     try:
@@ -362,3 +365,33 @@ def _retarget_generated_rigify(context: Any, source: Any, target: Any, source_ma
                                matrix_to_quat_wxyz(bases[:, :3, :3]), context.scene.frame_current)
     _store_report(target, result, "rigify_fk (via ORG bones)")
     return result
+
+
+def _bake_generated_rigify(context: Any, source: Any, target: Any, frames: tuple[int, int],
+                           source_map: Any, ik: bool, root_motion: bool,
+                           action_name: str | None) -> tuple[Any, dict[str, float]]:
+    """A clip onto a generated Rigify rig: each frame placed through the FK controls (their
+    constraint-driven parents need Blender's evaluation) and keyed on them, in a new action."""
+    import bpy
+
+    scene = context.scene
+    keep = scene.frame_current
+    anim = target.animation_data or target.animation_data_create()
+    old = anim.action
+    if old is not None:
+        old.use_fake_user = True  # the rig's own animation stays in the file
+    anim.action = bpy.data.actions.new(action_name or f"{target.name}_{source.name}")
+    poses = []
+    try:
+        for f in range(frames[0], frames[1] + 1):
+            scene.frame_set(f)
+            poses.append(_retarget_generated_rigify(context, source, target, source_map, ik,
+                                                    root_motion, keyframe=True))
+    finally:
+        scene.frame_set(keep)
+    worst = max(poses, key=lambda p: np.nan_to_num(p.max_angle_deg, nan=-1))
+    stats = {"frames": float(len(poses)), "max_angle_deg": float(worst.max_angle_deg),
+             "max_effector_error": max((max(p.effector_error.values(), default=0.0) for p in poses),
+                                       default=0.0)}
+    _store_report(target, worst, "rigify_fk (via ORG bones)", frames=len(poses))
+    return anim.action, stats

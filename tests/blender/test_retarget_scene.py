@@ -434,3 +434,31 @@ def test_generated_rigify_rig_through_its_fk_controls(source, generated_rigify, 
         assert max(report.effector_error.values()) < 0.01
     rest2, _ = _rest_and_mesh(rig)
     assert all(np.array_equal(rest2[n], m) for n, m in rest.items())
+
+
+def test_a_clip_bakes_onto_a_generated_rigify_rig_through_its_controls(source, lod1_result, lod1_rig,
+                                                                      generated_rigify, monkeypatch):
+    rig = generated_rigify
+    other = apply_result(bpy.context, lod1_result, lod1_rig, options={
+        "camera": False, "mesh": False, "collection_name": "other"})[0]
+    names = [pb.name for pb in source.pose.bones]
+    poses = [[pb.matrix_basis.copy() for pb in source.pose.bones],
+             [other.pose.bones[n].matrix_basis.copy() for n in names]]
+    for frame, basis in zip((1, 2), poses):
+        for pb, m in zip(source.pose.bones, basis):
+            pb.matrix_basis = m
+            for channel in ("location", "rotation_quaternion", "scale"):
+                pb.keyframe_insert(channel, frame=frame)
+    action, stats = scene_retarget.retarget_clip(bpy.context, source, rig)
+    assert stats["frames"] == 2 and rig.animation_data.action == action
+    paths = {fc.data_path for fc in _fcurves(rig)}
+    assert 'pose.bones["hand_fk.R"].rotation_quaternion' in paths
+    assert not any("ORG-" in p or "DEF-" in p for p in paths)  # keys live on the controls
+    deform = _deform_view([b.name for b in rig.data.bones])
+    real_detect = bone_maps.detect_map
+    monkeypatch.setattr(bone_maps, "detect_map", lambda n: ("rigify", deform) if "DEF-spine" in set(n)
+                        else real_detect(n))
+    for frame in (1, 2):
+        bpy.context.scene.frame_set(frame)
+        errors = direction_errors(source, rig)
+        assert max(errors.values()) < 5.0, (frame, sorted(errors.items(), key=lambda kv: -kv[1])[:3])
