@@ -57,6 +57,9 @@ def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
     bench.add_argument("--video", type=int, metavar="FRAMES",
                        help="instead of one image: a synthetic clip of FRAMES frames through the clip job; "
                             "reports person-frames per second")
+    bench.add_argument("--batch-frames", type=int, default=None, metavar="N",
+                       help="with --video: frames per model pass (default: the clip job's, 8 on "
+                            "a GPU, 1 on a CPU; 1 = one frame at a time)")
     return bench
 
 
@@ -249,12 +252,12 @@ def main(args: argparse.Namespace) -> int:
     if args.video:
         from server.video.bench_clip import run_video_bench
 
-        clip = run_video_bench(engine, image, boxes, args.mode, args.video)
+        clip = run_video_bench(engine, image, boxes, args.mode, args.video, args.batch_frames)
         print(f"model      {engine.info['model']} ({engine.info['variant']}), device {engine.device}, "
               f"precision {engine.info.get('precision')}, mode {args.mode}")
         print(f"video      {clip['frames']:.0f} frames x {args.persons} person(s) = {clip['person_frames']:.0f} "
               f"person-frames, {clip['tracks']:.0f} track(s) in {clip['seconds']:.2f} s: "
-              f"{clip['person_frames_per_s']:.2f} person-frames/s")
+              f"{clip['person_frames_per_s']:.2f} person-frames/s ({clip['batch_frames']:.0f} frame(s) per pass)")
         print(f"peak memory  {peak_memory_text(engine.device)}")
         return 0
     result = run_bench(engine, image, boxes, args.mode, args.repeat)

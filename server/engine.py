@@ -201,6 +201,14 @@ class Engine:
         return result
 
 
+    def reconstruct_frames(self, requests: Sequence[ReconstructRequest],
+                           cancelled: Callable[[], bool] = lambda: False
+                           ) -> list[dict[str, np.ndarray] | ServerError]:
+        """Body mode for several images of one size in one model pass (server/frame_batch.py)."""
+        from .frame_batch import reconstruct_frames
+
+        return reconstruct_frames(self, requests, cancelled)
+
     def _detector(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """The person detector, loaded on first use. If it cannot be loaded (offline and not
         cached, say) the photo is treated as one person, like the official code without a

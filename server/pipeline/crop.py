@@ -392,6 +392,17 @@ def prepare_batch(image: np.ndarray, boxes_xyxy: np.ndarray, padding: float = BO
     return batch
 
 
+def concat_batches(batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The people of several images of one camera as one batch (along the person axis): the
+    model treats every crop on its own, so a clip's frames share one forward pass."""
+    first = batches[0]
+    if any(not torch.equal(b["cam_int"], first["cam_int"]) for b in batches[1:]):
+        raise ServerError(BAD_INPUT, "frames batched together must share their intrinsics")
+    out = {k: torch.cat([b[k] for b in batches], dim=1) for k in first if k != "cam_int"}
+    out["cam_int"] = first["cam_int"].clone()
+    return out
+
+
 def crops_u8(batch: dict[str, torch.Tensor]) -> np.ndarray:
     """(N, S, S, 3) uint8 view of the batch crops (exact: they were u8 / 255)."""
     img = batch["img"][0].permute(0, 2, 3, 1).cpu().numpy()

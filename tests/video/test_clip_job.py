@@ -199,3 +199,20 @@ def test_bench_video_reports_person_frames_per_second(tiny_engine) -> None:
     assert stats["person_frames_per_s"] > 0
     with pytest.raises(ValueError, match="at least 2"):
         run_video_bench(tiny_engine, image, boxes, "body", 1)
+
+
+def test_batch_frames_on_the_command_line(panned, parity_dir: Path, tmp_path: Path) -> None:
+    from server.__main__ import main
+
+    movie, boxes = panned
+    track = str(_boxes_json(tmp_path / "boxes.json", boxes))
+    one = _reconstruct(movie, tmp_path / "one.npz", parity_dir / "checkpoints" / "dinov3_tiny",
+                       "--track-boxes", track, "--batch-frames", "1")
+    three = _reconstruct(movie, tmp_path / "three.npz", parity_dir / "checkpoints" / "dinov3_tiny",
+                         "--track-boxes", track, "--batch-frames", "3")
+    assert one["track"].tolist() == three["track"].tolist()
+    assert np.abs(one["mhr_skel_state"] - three["mhr_skel_state"]).max() < 1e-3
+    with pytest.raises(SystemExit) as exc:
+        main(["reconstruct", str(movie), "--out", str(tmp_path / "x.npz"), "--checkpoint",
+              str(parity_dir / "checkpoints" / "dinov3_tiny"), "--batch-frames", "0"])
+    assert exc.value.code == 2
