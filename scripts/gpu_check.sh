@@ -41,9 +41,13 @@ for v in $VARIANTS; do for m in $MODES; do for n in $PERSONS; do for prec in $PR
   "$P" -m server bench --random-full "$v" --device "$DEVICE" --mode "$m" --persons "$n" --precision "$prec" \
     --repeat "$REPEAT" 2>/dev/null | grep -E "^(device|total|peak|load)" || echo "bench failed"
 done; done; done; done
-echo "== clip job, body mode, $FRAMES frames"
-"$P" -m server bench --random-full dinov3 --device "$DEVICE" --mode body --video "$FRAMES" 2>/dev/null | grep -E "^(video|peak)" \
-  || echo "video bench failed"
+echo "== clip job, body mode, $FRAMES frames (frames per model pass: 1, the default, 32)"
+BATCHES="1 default 32"; [ "$QUICK" = "--quick" ] && BATCHES="default"
+for b in $BATCHES; do
+  if [ "$b" = default ]; then BF=(); else BF=(--batch-frames "$b"); fi
+  "$P" -m server bench --random-full dinov3 --device "$DEVICE" --mode body --video "$FRAMES" "${BF[@]}" 2>/dev/null \
+    | grep -E "^(video|peak)" || echo "video bench failed"
+done
 echo "== cold start to the ready line (tiny fixture checkpoint, weights cached)"
 "$P" - "$DEVICE" <<'PY'
 import os, sys, time
