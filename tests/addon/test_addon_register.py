@@ -171,6 +171,14 @@ def test_draw_functions_run_and_do_not_write() -> None:
             operators = {c[1][0] for c in calls if c[0] == "operator"}
             assert ("sam3d_body.cancel" in operators) == busy
             assert {"sam3d_body.server_start", "sam3d_body.export_fbx"} <= operators
+        for source in ("FILE", "CAMERA", "EDITOR", "CLIP"):
+            settings.image_source = source
+            calls = [c for name in PANELS for c in _draw_panel(getattr(bpy.types, name), context)]
+            props = {c[1][1] for c in calls if c[0] == "prop"}
+            clip_box = {"clip_step", "clip_smoothing", "clip_foot_lock", "clip_replace"} <= props
+            assert clip_box == (source == "CLIP")  # no file chosen: a photo's options
+            picker = ("template_ID", (settings, "movie_clip"))
+            assert (picker in [(c[0], c[1][:2]) for c in calls]) == (source == "CLIP")
     finally:
         next(gen, None)
 
