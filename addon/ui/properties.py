@@ -187,8 +187,8 @@ class SAM3D_PG_scene(bpy.types.PropertyGroup):
     corrective_shape_key: BoolProperty(
         name="Pose Corrective",
         default=True,
-        description="Add a shape key with MHR's pose correctives so the posed mesh matches "
-        "the prediction exactly (it only fits this pose)",
+        description="Add MHR's pose correctives as shape keys so the posed mesh matches the "
+        "prediction: one key for a photo (it only fits that pose), a few keyed ones for a clip",
     )
 
     # Camera

@@ -116,8 +116,8 @@ def test_fbx_carries_one_animation_of_the_clip(scene, clip_files, tmp_path: Path
 
 def test_rerunning_a_clip_updates_its_characters_in_place(scene, clip_files) -> None:
     """The same clip again (other smoothing) rebuilds into the objects of the first run: same
-    armature, mesh and camera objects, the user's additions kept, the old action gone; a
-    different clip, or replace off, builds new characters."""
+    armature, mesh and camera objects, the user's additions kept, the old action gone; with
+    replace off it builds new characters."""
     movie, result = clip_files
     clip, rig = _load(result)
     first = apply_clip(bpy.context, clip, rig, movie_path=str(movie), options={"smoothing": 0.0})
