@@ -4,8 +4,10 @@ Each track is built once with apply_result (its locked shape, the first frame's 
 keyed on every frame it was seen: pose bones from the per-frame skeleton states (smoothed on
 SO(3), addon/rig/motion.py), the object's location from the camera translation, with the feet
 pinned during ground contact (a root correction), and MHR's pose correctives as a few shape
-keys whose values are keyed per frame (server/video/correctives.py makes the basis). The camera gets the clip as its background
-movie, in sync: source frame n is scene frame n + 1. A plain function: the CLI and tests call it.
+keys whose values are keyed per frame (server/video/correctives.py makes the basis). The camera
+gets the clip as its background movie, in sync: source frame n is scene frame n + 1. Running the
+same clip again rebuilds its characters in place (option "replace"). A plain function: the CLI
+and tests call it.
 """
 from __future__ import annotations
 
@@ -156,9 +158,10 @@ def apply_clip(context: Any, clip: Mapping[str, Any], rig: RigData | Mapping[str
         params = camera_params(np.asarray(data["cam_int"]), np.asarray(data["image_size"]), t0)
         cam = builder.build_camera(context, collection, f"{base}_camera", params, None)
         if "camera" in previous:
-            builder.adopt_data(previous["camera"], cam)
+            builder.adopt_data(previous["camera"], cam)  # deletes the new camera object
             cam = previous["camera"]
             cam.data.background_images.clear()
+            context.scene.camera = cam
         if movie_path:
             builder.set_movie_background(cam, _first_frame_file(movie_path))
         cam[PROP_CLIP] = key

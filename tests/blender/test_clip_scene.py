@@ -144,7 +144,7 @@ def test_rerunning_a_clip_updates_its_characters_in_place(scene, clip_files) -> 
                                    bpy.data.cameras, bpy.data.collections, bpy.data.actions)] == counts
     assert old_action not in bpy.data.actions or arm.animation_data.action.name == old_action
     assert mesh.parent == arm and any(m.type == "ARMATURE" and m.object == arm for m in mesh.modifiers)
-    assert len(cam.data.background_images) == 1
+    assert len(cam.data.background_images) == 1 and scene.camera == cam
     scene.frame_set(mid)
     assert np.abs(_joint_world(arm, names) - raw).max() > 1e-4  # smoothed now
     apply_clip(bpy.context, clip, rig, movie_path=str(movie), options={"smoothing": 0.0})
