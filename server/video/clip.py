@@ -211,8 +211,11 @@ class ClipJob:
         self.progress(0.96, "compressing pose correctives")
         from .correctives import track_correctives
 
-        result.update(track_correctives(self.engine.mhr, result["mhr_model_params"], result["track"],
-                                        result["track_ids"]))
+        try:
+            result.update(track_correctives(self.engine.mhr, result["mhr_model_params"], result["track"],
+                                            result["track_ids"]))
+        except (ValueError, AttributeError) as exc:  # an MHR without readable correctives layers
+            log.warning("pose correctives left out of the clip: %s", exc)
         result.update(self.shared)
         result["kind"] = np.array(KIND)
         result["fps"] = np.array(self.source.fps, dtype=np.float64)

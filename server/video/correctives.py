@@ -42,9 +42,11 @@ def compress(activations: torch.Tensor, dense: torch.Tensor, n_vertices: int,
     # the small Gram matrix and the eigenproblem are float64.
     h = activations.to(dense.device, torch.float32)
     w = dense.to(torch.float32)
-    gram = torch.zeros(rows, rows, dtype=torch.float64, device=h.device)
+    # MPS has no float64: the small float64 work happens on the CPU there.
+    acc = torch.device("cpu") if h.device.type == "mps" else h.device
+    gram = torch.zeros(rows, rows, dtype=torch.float64, device=acc)
     for start in range(0, coords, chunk):
-        part = (h @ w[start:start + chunk].t()).double()
+        part = (h @ w[start:start + chunk].t()).to(acc, torch.float64)
         gram += part @ part.t()
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     evals, evecs = evals.flip(0), evecs.flip(1)
@@ -57,10 +59,10 @@ def compress(activations: torch.Tensor, dense: torch.Tensor, n_vertices: int,
     u = evecs[:, :keep]
     weights = u * sigma  # offsets ≈ weights @ basis, basis rows orthonormal
     project = (u / sigma).t()  # (K, R)
-    basis = torch.empty(keep, coords, dtype=torch.float64, device=h.device)
+    basis = torch.empty(keep, coords, dtype=torch.float64, device=acc)
     max_error = 0.0
     for start in range(0, coords, chunk):
-        part = (h @ w[start:start + chunk].t()).double()
+        part = (h @ w[start:start + chunk].t()).to(acc, torch.float64)
         basis[:, start:start + chunk] = project @ part
         max_error = max(max_error, float((part - weights @ basis[:, start:start + chunk]).abs().max()))
     return CompressedCorrectives(weights.float().cpu().numpy(),

@@ -105,3 +105,38 @@ def test_the_clip_result_layout_is_checked() -> None:
         check_clip(_clip(track_corrective_basis=np.ones((1, 2, 5, 3), np.float32)))
     with pytest.raises(ValueError, match="0..2"):
         check_clip(_clip(track_corrective_count=np.array([3], np.int32)))
+
+
+def test_a_clip_without_readable_correctives_still_completes(parity_dir: Path, tmp_path: Path) -> None:
+    """An MHR module whose layers cannot be read (an unknown TorchScript layout) still poses:
+    the clip comes back without corrective arrays instead of failing at the end."""
+    from server.engine import load_engine
+    from server.video.bench_clip import MemoryClip
+    from server.video.clip import ClipJob, ClipRequest
+    from tests.video.clip_data import panned_clip
+
+    engine = load_engine(checkpoint=str(parity_dir / "checkpoints" / "dinov3_tiny"), device="cpu",
+                         detector=None, cache_dir=str(tmp_path / "cache"))
+
+    class Opaque(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            return self.inner(*args)
+
+    class Wrapped:
+        def __init__(self, inner):
+            self.inner, self.mhr, self.device = inner, Opaque(inner.mhr), inner.device
+
+        def reconstruct(self, request, **kwargs):
+            return self.inner.reconstruct(request, **kwargs)
+
+        def _detector(self):
+            return None
+
+    frames, boxes = panned_clip(parity_dir / "images", n_frames=3)
+    result = ClipJob(Wrapped(engine), MemoryClip(frames), ClipRequest(frame_boxes=dict(enumerate(boxes)))).run()
+    clip = check_clip(result)
+    assert "track_corrective_basis" not in clip and len(clip["frame"]) == 3
