@@ -241,7 +241,15 @@ def reconstruct_request(context: bpy.types.Context, image_path: str,
 def clip_request(context: bpy.types.Context, clip_path: str) -> dict[str, Any]:
     """Keyword arguments for `JobRunner.submit_clip`: the clip on this machine's disk."""
     settings = scene_settings(context)
-    request: dict[str, Any] = {"clip_path": clip_path, "mode": settings.mode, "step": int(settings.clip_step)}
+    request: dict[str, Any] = {"clip_path": clip_path, "mode": settings.mode, "step": int(settings.clip_step),
+                               "start": int(settings.clip_start) - 1}  # the panel counts from 1
+    if settings.clip_end:
+        if settings.clip_end < settings.clip_start:
+            raise InputError(f"Last Frame ({settings.clip_end}) is before First Frame "
+                             f"({settings.clip_start}); set it to 0 for the whole clip")
+        request["stop"] = int(settings.clip_end)  # inclusive, 1-based = exclusive, 0-based
+    if settings.clip_max_people:
+        request["max_people"] = int(settings.clip_max_people)
     if settings.person_mode == "BOX":
         request["boxes"] = np.asarray([[float(v) for v in settings.person_box]], dtype=np.float32)
     elif settings.person_mode == "INDEX":

@@ -136,7 +136,11 @@ class SAM3D_PT_input(_SettingsPanel):
                 bpy.path.abspath(settings.image_path.strip()))):
             clip = layout.box()
             clip.label(text="Video clip: one animated character per person", icon="SEQUENCE")
+            row = clip.row(align=True)
+            row.prop(settings, "clip_start")
+            row.prop(settings, "clip_end")
             clip.prop(settings, "clip_step")
+            clip.prop(settings, "clip_max_people")
             clip.prop(settings, "clip_smoothing")
             clip.prop(settings, "clip_foot_lock")
             clip.prop(settings, "clip_replace")

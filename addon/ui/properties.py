@@ -102,6 +102,25 @@ class SAM3D_PG_scene(bpy.types.PropertyGroup):
         type=bpy.types.MovieClip,
         description="The clip to reconstruct (its file or image sequence is read from disk)",
     )
+    clip_start: IntProperty(
+        name="First Frame",
+        default=1,
+        min=1,
+        description="First frame of the clip to reconstruct (1 = its first frame)",
+    )
+    clip_end: IntProperty(
+        name="Last Frame",
+        default=0,
+        min=0,
+        description="Last frame of the clip to reconstruct (0 = to its end)",
+    )
+    clip_max_people: IntProperty(
+        name="Max People",
+        default=0,
+        min=0,
+        soft_max=10,
+        description="Track at most this many people (0 = everyone found)",
+    )
     clip_step: IntProperty(
         name="Every Nth Frame",
         default=1,

@@ -127,3 +127,17 @@ def test_movie_clip_source_errors(context, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="movie file not found or not a video"):
         bpy.ops.sam3d_body.reconstruct()
     assert not context.window_manager.sam3d_body_status.job_running
+
+
+def test_a_frame_range_of_the_clip(context) -> None:
+    settings = context.scene.sam3d_body
+    settings.clip_start, settings.clip_end = 4, 2
+    with pytest.raises(RuntimeError, match="before First Frame"):
+        bpy.ops.sam3d_body.reconstruct()
+    settings.clip_start, settings.clip_end, settings.clip_max_people = 2, 4, 1
+    live = context.window_manager.sam3d_body_status
+    assert bpy.ops.sam3d_body.reconstruct() == {"FINISHED"}
+    _drain(context)
+    assert live.last_error == "", live.last_error + live.log_tail
+    assert "Animated 1 character(s) over 3 frames" in live.message
+    assert (context.scene.frame_start, context.scene.frame_end) == (2, 4)  # the clip's own numbers
