@@ -66,7 +66,10 @@ def cache_dir() -> str:
 
 def image_file_for(image: bpy.types.Image) -> str:
     """A file on disk with this image's pixels: its own file when it is saved and unchanged,
-    else a copy in the cache folder (packed, generated or painted-on images)."""
+    else a copy in the cache folder (packed, generated or painted-on images). An image sequence
+    or movie gives its clip (the folder of the sequence, or the movie file)."""
+    if image.source in {"SEQUENCE", "MOVIE"}:
+        return clip_path_of(image, "Image")
     if image.source not in {"FILE", "GENERATED"}:
         raise InputError(f"Image '{image.name}' is a {image.source.lower()}; use a still image")
     path = bpy.path.abspath(image.filepath, library=image.library) if image.filepath else ""
@@ -115,21 +118,31 @@ def resolve_image_path(context: bpy.types.Context) -> str:
 
 
 def movie_clip_path(clip: bpy.types.MovieClip | None) -> str:
-    """What the server reads for a Movie Clip: its movie file, or the folder of an image
-    sequence (the frames are numbered files there); InputError says what is wrong."""
+    """What the server reads for a Movie Clip; InputError says what is wrong."""
     if clip is None:
         raise InputError("No clip: choose a Movie Clip in the Input panel (open one in the Movie "
                          "Clip Editor first)")
-    path = os.path.normpath(bpy.path.abspath(clip.filepath, library=clip.library))
-    if clip.source == "SEQUENCE":
+    return clip_path_of(clip, "Movie Clip")
+
+
+def clip_path_of(datablock: Any, what: str) -> str:
+    """A Movie Clip's or an Image's clip as the server reads it: the movie file, or the folder
+    of an image sequence (its frames are the numbered files there)."""
+    path = os.path.normpath(bpy.path.abspath(datablock.filepath, library=datablock.library))
+    if datablock.source == "SEQUENCE":
         path = os.path.dirname(path)
         if not os.path.isdir(path):
-            raise InputError(f"Movie Clip '{clip.name}': image-sequence folder not found: {path}")
+            raise InputError(f"{what} '{datablock.name}': image-sequence folder not found: {path}")
         return path
     if not is_video_file(path):
-        raise InputError(f"Movie Clip '{clip.name}': movie file not found or not a video "
+        raise InputError(f"{what} '{datablock.name}': movie file not found or not a video "
                          f"({', '.join(sorted(VIDEO_SUFFIXES))}): {path}")
     return path
+
+
+def is_clip_path(path: str) -> bool:
+    """A movie file, or a folder (an image sequence): what goes to the server as a clip."""
+    return os.path.isdir(path) or is_video_file(path)
 
 
 def camera_background_image(context: bpy.types.Context) -> bpy.types.Image | None:
@@ -363,7 +376,7 @@ class SAM3D_OT_reconstruct(JobOperator, bpy.types.Operator):
                 raise InputError(BUSY_MESSAGE)
             image_path = resolve_image_path(context)
             config = server_config(context)
-            if is_video_file(image_path) or scene_settings(context).image_source == "CLIP":
+            if is_clip_path(image_path):
                 if "address" in config:
                     raise InputError("Clips run on a server on this machine (it reads the clip from "
                                      "disk): switch the server to Local, or reconstruct photos")

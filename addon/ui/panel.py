@@ -132,8 +132,7 @@ class SAM3D_PT_input(_SettingsPanel):
                 icon="IMAGE_DATA" if image is not None else "ERROR",
             )
         layout.prop(settings, "mode")
-        if settings.image_source == "CLIP" or (settings.image_source == "FILE" and is_video_file(
-                bpy.path.abspath(settings.image_path.strip()))):
+        if _takes_a_clip(context, settings):
             clip = layout.box()
             clip.label(text="Video clip: one animated character per person", icon="SEQUENCE")
             row = clip.row(align=True)
@@ -152,6 +151,17 @@ class SAM3D_PT_input(_SettingsPanel):
         layout.prop(settings, "use_alpha_mask")
         layout.separator()
         layout.operator("sam3d_body.import_result", icon="IMPORT")
+
+
+def _takes_a_clip(context: bpy.types.Context, settings: Any) -> bool:
+    """Whether Reconstruct will send a clip: a Movie Clip, a movie file, or an image sequence
+    or movie as the editor's or camera's image."""
+    if settings.image_source == "CLIP":
+        return True
+    if settings.image_source == "FILE":
+        return is_video_file(bpy.path.abspath(settings.image_path.strip()))
+    image = camera_background_image(context) if settings.image_source == "CAMERA" else editor_image(context)
+    return image is not None and image.source in {"SEQUENCE", "MOVIE"}
 
 
 class SAM3D_PT_character(_SettingsPanel):

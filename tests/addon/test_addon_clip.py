@@ -141,3 +141,35 @@ def test_a_frame_range_of_the_clip(context) -> None:
     assert live.last_error == "", live.last_error + live.log_tail
     assert "Animated 1 character(s) over 3 frames" in live.message
     assert (context.scene.frame_start, context.scene.frame_end) == (2, 4)  # the clip's own numbers
+
+
+def test_an_image_sequence_as_the_camera_background_is_a_clip(context, tmp_path: Path,
+                                                              parity_dir: Path) -> None:
+    from PIL import Image
+
+    frames, _ = panned_clip(parity_dir / "images", n_frames=3)
+    folder = tmp_path / "bg_seq"
+    folder.mkdir()
+    for k, rgb in enumerate(frames, start=1):
+        Image.fromarray(rgb).save(folder / f"shot_{k:04d}.png")
+    image = bpy.data.images.load(str(folder / "shot_0001.png"))
+    image.source = "SEQUENCE"
+    cam_data = bpy.data.cameras.new("cam")
+    cam = bpy.data.objects.new("cam", cam_data)
+    context.scene.collection.objects.link(cam)
+    context.scene.camera = cam
+    bg = cam_data.background_images.new()
+    bg.image = image
+    settings = context.scene.sam3d_body
+    settings.image_source = "CAMERA"
+    ops = sys.modules[f"{PACKAGE}.ui.operators"]
+    assert ops.resolve_image_path(context) == str(folder)
+    live = context.window_manager.sam3d_body_status
+    assert bpy.ops.sam3d_body.reconstruct() == {"FINISHED"}
+    _drain(context)
+    assert live.last_error == "", live.last_error + live.log_tail
+    assert "Animated 1 character(s) over 3 frames" in live.message
+    context.scene.camera = cam  # the build made the clip's own camera the scene's
+    image.filepath = str(tmp_path / "gone" / "shot_0001.png")
+    with pytest.raises(RuntimeError, match="image-sequence folder not found"):
+        bpy.ops.sam3d_body.reconstruct()
