@@ -57,6 +57,17 @@ def _drain(context, until=lambda: False) -> list[str]:
     return seen
 
 
+def _image_sequence(parity_dir: Path, folder: Path, stem: str) -> Path:
+    """Three panned frames as numbered PNGs (stem_0001.png ...)."""
+    from PIL import Image
+
+    frames, _ = panned_clip(parity_dir / "images", n_frames=3)
+    folder.mkdir()
+    for k, rgb in enumerate(frames, start=1):
+        Image.fromarray(rgb).save(folder / f"{stem}_{k:04d}.png")
+    return folder
+
+
 def test_a_clip_becomes_a_keyed_character(context) -> None:
     live = context.window_manager.sam3d_body_status
     context.scene.sam3d_body.clip_step = 2
@@ -91,13 +102,7 @@ def test_clip_options_that_only_fit_photos_are_refused(context) -> None:
 def test_a_movie_clip_datablock_image_sequence(context, tmp_path: Path, parity_dir: Path) -> None:
     """Image: Movie Clip reads the clip's frames from disk (here an image sequence, the case a
     file path cannot name); the build stage shows before the character is built."""
-    from PIL import Image
-
-    frames, _ = panned_clip(parity_dir / "images", n_frames=3)
-    folder = tmp_path / "seq"
-    folder.mkdir()
-    for k, rgb in enumerate(frames, start=1):
-        Image.fromarray(rgb).save(folder / f"walk_{k:04d}.png")
+    folder = _image_sequence(parity_dir, tmp_path / "seq", "walk")
     clip = bpy.data.movieclips.load(str(folder / "walk_0001.png"))
     assert clip.source == "SEQUENCE"
     settings = context.scene.sam3d_body
@@ -145,13 +150,7 @@ def test_a_frame_range_of_the_clip(context) -> None:
 
 def test_an_image_sequence_as_the_camera_background_is_a_clip(context, tmp_path: Path,
                                                               parity_dir: Path) -> None:
-    from PIL import Image
-
-    frames, _ = panned_clip(parity_dir / "images", n_frames=3)
-    folder = tmp_path / "bg_seq"
-    folder.mkdir()
-    for k, rgb in enumerate(frames, start=1):
-        Image.fromarray(rgb).save(folder / f"shot_{k:04d}.png")
+    folder = _image_sequence(parity_dir, tmp_path / "bg_seq", "shot")
     image = bpy.data.images.load(str(folder / "shot_0001.png"))
     image.source = "SEQUENCE"
     cam_data = bpy.data.cameras.new("cam")
