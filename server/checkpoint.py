@@ -4,11 +4,10 @@ A checkpoint is either an official-format directory (`model.ckpt`, `model_config
 `assets/mhr_model.pt`) or a Hugging Face repo id fetched with `huggingface_hub` (gated repos:
 the token comes from `HF_TOKEN` or `hf auth login`). Loading never executes code from the file:
 `torch.load(weights_only=True)`, with inert stand-ins for the non-tensor objects a Lightning
-checkpoint may carry, and the state dict is cached as safetensors for fast restarts.
+checkpoint may carry (server/weight_cache.py keeps the prepared weights for fast restarts).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -236,28 +235,15 @@ def _short(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _cache_path(ckpt: Path, cache_dir: Path) -> Path:
-    stat = ckpt.stat()
-    key = f"{ckpt.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-    return cache_dir / f"state_dict-{hashlib.sha256(key).hexdigest()[:20]}.safetensors"
-
-
 def default_cache_dir() -> Path:
     root = os.environ.get("SAM3D_BODY_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sam3d_body")
     return Path(root)
 
 
-def load_state_dict(ckpt: Path, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors; cached as safetensors next time (keyed by path/size/mtime)."""
-    from safetensors.torch import load_file, save_file
-
-    cache = _cache_path(ckpt, Path(cache_dir)) if cache_dir else None
-    if cache is not None and cache.is_file():
-        try:
-            return load_file(str(cache))
-        except Exception as exc:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
-            log.warning("ignoring unreadable cache %s: %s", cache, exc)
+def load_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, loaded without running code from the file (`_torch_load`).
+    `weight_cache.load_weights` keeps them, prepared, for fast restarts."""
     obj = _torch_load(ckpt)
     state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
     if not isinstance(state, Mapping):
@@ -265,65 +251,7 @@ def load_state_dict(ckpt: Path, cache_dir: str | os.PathLike[str] | None = None)
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise ServerError(CHECKPOINT_INVALID, f"{ckpt} holds no tensors")
-    if cache is not None:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            save_file(_unshared(tensors), str(tmp))
-            os.replace(tmp, cache)
-        except (OSError, RuntimeError) as exc:  # a cache that cannot be written is not fatal
-            log.warning("could not write the safetensors cache %s: %s", cache, exc)
     return tensors
-
-
-def load_into(model: torch.nn.Module, ckpt: Path, cache_dir: str | os.PathLike[str] | None = None,
-              source: str | None = None) -> None:
-    """Strictly check (`check_state_dict`) and load the checkpoint into `model`, one tensor at a
-    time from the memory-mapped safetensors cache, so that the load never holds a second full
-    copy of the weights (peak memory: the model plus one tensor). Without a usable cache this is
-    `load_state_dict` + `model.load_state_dict(strict=False)`."""
-    from safetensors import safe_open
-
-    source = source or str(ckpt)
-    expected = model.state_dict()
-    cache = _cache_path(ckpt, Path(cache_dir)) if cache_dir else None
-    if cache is None or not cache.is_file():
-        state = load_state_dict(ckpt, cache_dir)  # writes the cache for next time
-        check_state_dict(expected, state, source=source)
-        model.load_state_dict(state, strict=False)
-        return
-    try:
-        handle = safe_open(str(cache), framework="pt")
-    except Exception as exc:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
-        log.warning("ignoring unreadable cache %s: %s", cache, exc)
-        cache.unlink(missing_ok=True)
-        load_into(model, ckpt, cache_dir, source)
-        return
-    with handle as f, torch.no_grad():
-        shapes = {k: _Shape(tuple(f.get_slice(k).get_shape())) for k in f.keys()}
-        check_state_dict(expected, shapes, source=source)
-        for key in shapes:
-            if key in expected and not MHR_KEY.match(key):
-                expected[key].copy_(f.get_tensor(key))
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """What `check_state_dict` reads of a tensor, without reading the tensor."""
-    shape: tuple[int, ...]
-
-
-def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous tensors, each with its own storage: safetensors refuses tensors that share
-    memory, which torch.save keeps (e.g. one module registered under two names)."""
-    seen: set[int] = set()
-    out = {}
-    for key, value in tensors.items():
-        value = value.contiguous()
-        ident = value.untyped_storage().data_ptr()
-        out[key] = value.clone() if ident in seen and value.numel() else value
-        seen.add(ident)
-    return out
 
 
 def _listing(title: str, items: Iterable[str], limit: int = 12) -> str:

@@ -355,6 +355,7 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
         raise ServerError(BAD_INPUT, str(exc)) from None
     from .models.backbones import backbone_dtype, round_like_official
     from .models.skip_init import no_weight_init
+    from .weight_cache import load_weights
 
     t0 = time.perf_counter()
     # Built in fp32 without random init (the strict key check below proves the checkpoint sets
@@ -368,16 +369,20 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
         model = build_sam3d_body(build_cfg, str(files.mhr))
     mhr_backend = resolve_mhr_backend(mhr_backend, precision, dev)
     stage("loading the weights")
-    ckpt_mod.load_into(model, files.checkpoint,
-                       cache_dir=ckpt_mod.default_cache_dir() if cache_dir is None else cache_dir)
-    round_like_official(model.backbone, backbone_dtype(cfg.get("TRAIN")))
+    rounding = backbone_dtype(cfg.get("TRAIN"))
+    origin = load_weights(
+        model, files.checkpoint, ckpt_mod.default_cache_dir() if cache_dir is None else cache_dir,
+        layout={"round": str(rounding).replace("torch.", "")},
+        prepare=lambda m: round_like_official(m.backbone, rounding))
     use_mhr_backend(model, mhr_backend)
     stage(f"moving the model to {dev}")
     model.to(dev).eval()
     dtypes = apply_precision(model, precision, dev)
-    log.info("model %s loaded on %s in %.2f s (precision %s)", files.source, dev, time.perf_counter() - t0, dtypes)
+    log.info("model %s loaded (weights from the %s) on %s in %.2f s (precision %s)", files.source, origin, dev,
+             time.perf_counter() - t0, dtypes)
     engine = Engine(model, cfg, files, dev, detector=detector or None)
-    engine.info.update(precision=precision, dtype=dtypes["backbone"], mhr_backend=mhr_backend)
+    engine.info.update(precision=precision, dtype=dtypes["backbone"], mhr_backend=mhr_backend,
+                       weights_from=origin)
     if dev.type == "cpu":
         from .cpu_features import describe
 
