@@ -12,7 +12,7 @@ import copy
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -23,6 +23,7 @@ from . import checkpoint as ckpt_mod
 from .config import load_config
 from .errors import BAD_INPUT, CANCELLED, DEVICE_UNAVAILABLE, NO_PERSON, OUT_OF_MEMORY, ServerError
 from .profiling import listening, stage
+from .request import ReconstructRequest
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +73,6 @@ def use_mhr_backend(model: torch.nn.Module, backend: str) -> Any:
     for key in ("_keypoint_fit_model",):
         model.head_pose.__dict__.pop(key, None)
     return source
-
-
-@dataclass
-class ReconstructRequest:
-    image: np.ndarray  # RGB uint8 (H, W, 3), already EXIF-rotated
-    boxes: np.ndarray | None = None  # (N, 4) xyxy pixels
-    masks: Sequence[np.ndarray] | None = None  # one (H, W) uint8 per box
-    mode: str = "full"  # "body" | "full"
-    intrinsics: tuple[float, float, float, float] | None = None  # fx, fy, cx, cy (pixels)
-    prompts: Sequence[tuple[float, float, int]] = field(default_factory=list)  # x, y px, label
-    exif_focal_35mm: float | None = None
-    detect: bool = True  # run the person detector when no box is given (if one is configured)
-    fit_prompts: bool = False  # fit the pose to the prompts after the prompted run (ours, not official)
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -15,12 +15,12 @@ Behaviour switch (by image width): width ``FAIL_WIDTH`` raises ServerError(no_pe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from addon.rig.naming import MHR_JOINT_NAMES, MHR_JOINT_PARENTS
+from server.request import ReconstructRequest
 
 JOINTS = 127
 TURN_DEG = 30.0
@@ -104,19 +104,6 @@ def result(width: int = 64, height: int = 48, mode: str = "full") -> dict[str, n
 
 
 # --- server engine interface ------------------------------------------------------------------
-
-
-@dataclass
-class ReconstructRequest:
-    image: np.ndarray
-    boxes: np.ndarray | None = None
-    masks: Sequence[np.ndarray] | None = None
-    mode: str = "full"
-    intrinsics: tuple[float, float, float, float] | None = None
-    prompts: Sequence[tuple[float, float, int]] = field(default_factory=list)
-    exif_focal_35mm: float | None = None
-    detect: bool = True
-    fit_prompts: bool = False
 
 
 class SyntheticEngine:

@@ -19,30 +19,17 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from server.errors import CANCELLED, CHECKPOINT_MISSING, NO_PERSON, ServerError
+from server.request import ReconstructRequest
 
 HANG_WIDTH = 13
 FAIL_WIDTH = 17
 HANG_LIMIT_S = 60.0
 JOINTS = 127
-
-
-@dataclass
-class ReconstructRequest:
-    image: np.ndarray
-    boxes: np.ndarray | None = None
-    masks: Sequence[np.ndarray] | None = None
-    mode: str = "full"
-    intrinsics: tuple[float, float, float, float] | None = None
-    prompts: Sequence[tuple[float, float, int]] = field(default_factory=list)
-    exif_focal_35mm: float | None = None
-    detect: bool = True
-    fit_prompts: bool = False
 
 
 class FakeEngine:
