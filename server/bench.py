@@ -91,8 +91,11 @@ def load_bench_engine(args: argparse.Namespace) -> Any:
     from server.precision import apply_precision, check_precision
 
     if args.checkpoint:
+        # --deviation switches between every mode, which needs the fp32 weights (`fast` on a
+        # bf16 CPU would load the backbone's Linear weights in bf16 only).
         return load_engine(checkpoint=args.checkpoint, mhr=args.mhr, device=args.device,
-                           cache_dir=args.cache_dir, precision=args.precision,
+                           cache_dir=args.cache_dir,
+                           precision="fp32" if getattr(args, "deviation", False) else args.precision,
                            mhr_backend=args.mhr_backend)
     from server.bench_model import DEFAULT_STANDIN, build_random_full_model
     from server.checkpoint import CheckpointFiles

@@ -329,7 +329,13 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
     `mhr_backend`: `torchscript` (Meta's module, the official numbers), `native` (our forward,
     fewer tensor operations; see `use_mhr_backend`) or `auto` (`resolve_mhr_backend`)."""
     from .models.build import build_sam3d_body
-    from .precision import apply_precision, check_precision
+    from .precision import (
+        apply_precision,
+        backbone_linear_weight_keys,
+        cast_backbone_linear_weights,
+        check_precision,
+        fast_linear_weight_dtype,
+    )
 
     from .stages import stage
 
@@ -358,10 +364,23 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
     mhr_backend = resolve_mhr_backend(mhr_backend, precision, dev)
     stage("loading the weights")
     rounding = backbone_dtype(cfg.get("TRAIN"))
+    linear = fast_linear_weight_dtype(precision, dev)
+    layout = {"round": str(rounding).replace("torch.", "")}
+    stored = {}
+    if linear is not None:
+        layout["linear"] = str(linear).replace("torch.", "")
+        stored = {key: linear for key in backbone_linear_weight_keys(model)}
+
+    def prepare(m: torch.nn.Module) -> None:
+        round_like_official(m.backbone, rounding)
+        if linear is not None:
+            cast_backbone_linear_weights(m, linear)
+
     origin = load_weights(
         model, files.checkpoint, ckpt_mod.default_cache_dir() if cache_dir is None else cache_dir,
-        layout={"round": str(rounding).replace("torch.", "")},
-        prepare=lambda m: round_like_official(m.backbone, rounding))
+        layout=layout, prepare=prepare, dtypes=stored)
+    if linear is not None:
+        model.backbone_linear_dtype = linear  # also when adopted from the cache
     use_mhr_backend(model, mhr_backend)
     stage(f"moving the model to {dev}")
     model.to(dev).eval()

@@ -78,6 +78,37 @@ def _unwrap_autocast(module: nn.Module) -> None:
         setattr(module, _AUTOCAST_ATTR, None)
 
 
+def backbone_linear_weight_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the backbone's nn.Linear weights (what `cast_backbone_linear_weights`
+    stores in half precision)."""
+    return [f"backbone.{name}.weight" for name, module in model.backbone.named_modules()
+            if isinstance(module, nn.Linear)]
+
+
+def cast_backbone_linear_weights(model: nn.Module, dtype: torch.dtype) -> None:
+    """Store the backbone's Linear weights in `dtype`, for `fast` on a bf16 CPU.
+
+    Autocast casts each fp32 weight to bf16 on every call (one round-to-nearest, the same as
+    this cast), so the results are bit-identical (tests/bench/test_cpu_bf16.py) and the weights
+    take half the memory (DINOv3: 1.7 GB less). The fp32 values are gone: such a model cannot
+    switch to another precision (`apply_precision` refuses), it has to be loaded again."""
+    with torch.no_grad():
+        for module in model.backbone.modules():
+            if isinstance(module, nn.Linear) and module.weight.dtype != dtype:
+                module.weight = nn.Parameter(module.weight.to(dtype), requires_grad=module.weight.requires_grad)
+    model.backbone_linear_dtype = dtype
+
+
+def fast_linear_weight_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The dtype `load_engine` stores the backbone's Linear weights in for `precision` on
+    `device` (None: fp32). Only `fast` on a bf16 CPU: on CUDA the fp32 weights stay, so that
+    the precision can still be switched, and the GPU has the memory."""
+    device = torch.device(device)
+    if precision != "fast" or device.type != "cpu":
+        return None
+    return fast_autocast_dtype(device)
+
+
 def _decoder_layers(model: nn.Module) -> list[nn.Module]:
     return [layer for dec in (model.decoder, model.decoder_hand) for layer in dec.layers]
 
@@ -94,6 +125,16 @@ def apply_precision(model: nn.Module, precision: str, device: torch.device | str
 
     precision = check_precision(precision, device)
     device = torch.device(device)
+    autocast = None
+    if precision == "fast":
+        autocast = fast_dtype if fast_dtype is not None else fast_autocast_dtype(device)
+    linear = getattr(model, "backbone_linear_dtype", torch.float32)
+    if linear != torch.float32 and (autocast != linear or device.type != "cpu"):
+        raise ValueError(
+            f"this model holds the backbone's Linear weights in {str(linear).replace('torch.', '')} only "
+            f"(loaded for precision fast on a bf16 CPU), so it cannot run precision {precision}"
+            f"{' with ' + str(autocast).replace('torch.', '') + ' autocast' if autocast else ''}; "
+            "load the engine again with that precision")
     modules = [model.backbone, *_decoder_layers(model)]
     for module in modules:
         _unwrap_autocast(module)
@@ -101,11 +142,10 @@ def apply_precision(model: nn.Module, precision: str, device: torch.device | str
         backbone_dtype = torch.float16
     else:
         backbone_dtype = torch.float32
-    set_official_precision(model.backbone, backbone_dtype)
+    if linear == torch.float32:  # else built and kept fp32 apart from those weights
+        set_official_precision(model.backbone, backbone_dtype)
     model.backbone_dtype = backbone_dtype
-    autocast = None
     if precision == "fast":
-        autocast = fast_dtype if fast_dtype is not None else fast_autocast_dtype(device)
         if autocast is not None:
             # On the CPU the backbone alone: it is nearly all of the CPU time, and bf16 decoder
             # layers quadruple the deviation (fixtures: 0.06 mm -> 0.23-0.30 mm, docs/PRECISION.md).

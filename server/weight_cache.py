@@ -116,33 +116,36 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def _check_matches(expected: Mapping[str, torch.Tensor], cached: Mapping[str, torch.Tensor],
-                   metadata: Mapping[str, str], layout: Mapping[str, str], source: str) -> None:
+                   metadata: Mapping[str, str], layout: Mapping[str, str],
+                   dtypes: Mapping[str, torch.dtype], source: str) -> None:
     if metadata.get("format") != FORMAT or json.loads(metadata.get("layout", "null")) != dict(layout):
         raise ValueError(f"format/layout {metadata.get('format')}/{metadata.get('layout')} is not "
                          f"{FORMAT}/{json.dumps(dict(layout))}")
     check_state_dict(expected, cached, source=source)
-    wrong = [f"{k} {v.dtype} != {expected[k].dtype}" for k, v in cached.items() if v.dtype != expected[k].dtype]
+    want = {k: dtypes.get(k, expected[k].dtype) for k in cached}
+    wrong = [f"{k} {v.dtype} != {want[k]}" for k, v in cached.items() if v.dtype != want[k]]
     if wrong:
         raise ValueError(f"dtypes differ from the model's: {', '.join(wrong[:5])}")
 
 
 def load_weights(model: nn.Module, ckpt: Path, cache_dir: str | os.PathLike[str] | None,
                  layout: Mapping[str, str], prepare: Callable[[nn.Module], object],
-                 source: str | None = None) -> str:
+                 source: str | None = None, dtypes: Mapping[str, torch.dtype] | None = None) -> str:
     """Load the checkpoint into `model` (strict key and shape check) and `prepare` it, from the
     prepared cache when it has one for this checkpoint and `layout`, else from `ckpt` (writing
     the cache). Returns where the weights came from: "cache" or "checkpoint".
 
     `layout` names everything `prepare` does (e.g. {"round": "float16"}); it keys the cache,
-    so a different preparation never adopts another's weights. The MHR keys are not cached
-    (they come from mhr_model.pt)."""
+    so a different preparation never adopts another's weights. `dtypes`: the keys `prepare`
+    stores in another dtype than the model was built with. The MHR keys are not cached (they
+    come from mhr_model.pt)."""
     source = source or str(ckpt)
     expected = model.state_dict()
     path = cache_path(ckpt, Path(cache_dir), layout) if cache_dir else None
     if path is not None and path.is_file():
         try:
             cached, metadata = read(path)
-            _check_matches(expected, cached, metadata, layout, source)
+            _check_matches(expected, cached, metadata, layout, dtypes or {}, source)
         except Exception as exc:  # noqa: BLE001 - a stale or broken cache is rebuilt, never fatal
             log.warning("rebuilding the weight cache %s: %s", path, exc)
             path.unlink(missing_ok=True)

@@ -82,3 +82,35 @@ def test_official_and_fp32_are_unchanged_by_native_bf16(cpu_bf16, parity_dir: Pa
         engine = load_engine(checkpoint=str(parity_dir / "checkpoints" / "dinov3_tiny"), device="cpu",
                              cache_dir=str(tmp_path / "cache"), precision=precision)
         assert engine.info["dtype"] == dtype
+
+
+@pytest.mark.parametrize("name, case", [("dinov3_tiny", "02_dinov3_full_1p_hands_valid"),
+                                        ("vith_tiny", "08b_vith_full_1p")])
+def test_fast_on_a_bf16_cpu_stores_the_linear_weights_in_bf16_with_the_same_results(
+        cpu_bf16, parity_dir: Path, tmp_path: Path, name: str, case: str) -> None:
+    """Autocast casts each fp32 weight to bf16 on every call; storing them cast once gives the
+    same bits with half the weight memory, from the checkpoint and from the prepared cache."""
+    from server.precision import apply_precision, backbone_linear_weight_keys
+
+    request = ReconstructRequest(image=pc.image(case), boxes=pc.inputs(case)["boxes"], mode="full")
+    folder, cache = str(parity_dir / "checkpoints" / name), str(tmp_path / "cache")
+    cpu_bf16("1")
+    reference = load_engine(checkpoint=folder, device="cpu", cache_dir=cache, precision="fp32")
+    apply_precision(reference.model, "fast", "cpu", fast_dtype=torch.bfloat16)  # autocast over fp32
+    want = reference.reconstruct(request)
+    for origin in ("checkpoint", "cache"):
+        engine = load_engine(checkpoint=folder, device="cpu", cache_dir=cache, precision="fast")
+        assert engine.info["weights_from"] == origin and engine.info["dtype"] == "autocast bfloat16"
+        state = engine.model.state_dict()
+        keys = backbone_linear_weight_keys(engine.model)
+        assert keys and all(state[k].dtype == torch.bfloat16 for k in keys)
+        assert all(v.dtype != torch.bfloat16 for k, v in state.items() if k not in keys)
+        got = engine.reconstruct(request)
+        for key, value in want.items():
+            if isinstance(value, np.ndarray):
+                assert np.array_equal(value, got[key]), (origin, key)
+    assert len(list((tmp_path / "cache").glob("prepared-*linear-bfloat16*"))) == 1
+    for other in ("fp32", "official"):
+        with pytest.raises(ValueError, match="load the engine again"):
+            apply_precision(engine.model, other, "cpu")
+    assert engine.reconstruct(request)["pred_vertices"].tobytes() == want["pred_vertices"].tobytes()
