@@ -72,7 +72,17 @@ class Connection:
     def pending(self) -> int:
         """Messages queued or being written."""
         with self._changed:
-            return len(self._outbox) + (1 if self._writing else 0)
+            return self._pending()
+
+    def wait_pending_below(self, limit: int, timeout: float) -> bool:
+        """Wait until fewer than `limit` messages are queued or being written; False on
+        timeout or close."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.closed.is_set() or self._pending() < limit, timeout)
+            return not self.closed.is_set() and self._pending() < limit
+
+    def _pending(self) -> int:
+        return len(self._outbox) + (1 if self._writing else 0)
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued so far has been written; False on timeout/close."""

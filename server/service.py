@@ -33,7 +33,7 @@ from addon.protocol import tls
 from addon.protocol import wire
 from server import oom
 from server.connection import Connection
-from server.errors import BAD_INPUT, CANCELLED, INTERNAL, OUT_OF_MEMORY
+from server.errors import BAD_INPUT, CANCELLED, INTERNAL, OUT_OF_MEMORY, ServerError
 from server.fair_queue import FairQueue
 
 log = logging.getLogger("server.service")
@@ -45,6 +45,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # Same as server.imageio.DEFAULT_MAX_PIXELS (not imported: that pulls in Pillow): raw pixel
 # arrays get the limit encoded images get.
 MAX_PIXELS = 100_000_000
+# A clip job waits while more of its row parts than this are unsent (~0.4 MB each).
+MAX_QUEUED_ROW_PARTS = 8
 
 # Error codes of the protocol itself (engine failures use server.errors codes).
 AUTH = "auth"
@@ -326,7 +328,7 @@ class InferenceService:
             self.shutdown()
         elif kind in ("rig", "reconstruct", "clip"):
             self._submit(connection, message)
-        else:  # progress/result/error only flow from the server
+        else:  # progress/clip_rows/result/error only flow from the server
             connection.error(message.id, BAD_INPUT, f"a client cannot send '{kind}'")
 
     def _submit(self, connection: Connection, message: wire.Message) -> None:
@@ -433,12 +435,15 @@ class InferenceService:
                                        {"fraction": fraction, "message": str(text)}):
                     job.cancelled.set()
 
+            fields: dict[str, Any] = {}
             if job.kind == "clip":
                 from .video.clip import ClipJob
 
                 source, request = job.request
-                result = ClipJob(self.engine, source, request, progress=progress,
-                                 cancelled=job.cancelled.is_set).run()
+                clip = ClipJob(self.engine, source, request, progress=progress,
+                               cancelled=job.cancelled.is_set, sink=self._row_sink(job))
+                result = clip.run()
+                fields["rows"] = clip.n_rows
             else:
                 result = self.engine.reconstruct(job.request, progress=progress,
                                                  cancelled=job.cancelled.is_set)
@@ -447,7 +452,7 @@ class InferenceService:
                 return False
             arrays = _result_arrays(result)
             seconds = time.perf_counter() - started
-            connection.send("result", job.id, {"info": {"seconds": round(seconds, 4)}}, arrays)
+            connection.send("result", job.id, {"info": {"seconds": round(seconds, 4)}, **fields}, arrays)
             log.info("request %r done in %.3f s", job.id, seconds)
             return False
         except Exception as exc:
@@ -464,6 +469,27 @@ class InferenceService:
                 log.info("request %r failed: %s: %s", job.id, code, text)
             connection.error(job.id, code, text)
             return code == OUT_OF_MEMORY
+
+    def _row_sink(self, job: Job) -> Callable[[int, Mapping[str, np.ndarray], int | None], None]:
+        """Where a clip job's row parts go: `clip_rows` messages to the job's client. The job
+        waits while more than MAX_QUEUED_ROW_PARTS are unsent, so a slow link holds the model
+        worker instead of piling the clip up in memory (a stalled one is cut by the write
+        timeout, which cancels the job)."""
+        connection = job.connection
+
+        def sink(start: int, arrays: Mapping[str, np.ndarray], total: int | None) -> None:
+            fields: dict[str, Any] = {"start": int(start)}
+            if total is not None:
+                fields["total"] = int(total)
+            sent = connection.send("clip_rows", job.id, fields, _result_arrays(arrays))
+            while sent and not job.cancelled.is_set():
+                if connection.wait_pending_below(MAX_QUEUED_ROW_PARTS, timeout=0.5):
+                    return
+                sent = not connection.closed.is_set()
+            job.cancelled.set()
+            raise ServerError(CANCELLED, "cancelled")
+
+        return sink
 
     def _rig(self) -> dict[str, np.ndarray]:
         if self._rig_arrays is None:

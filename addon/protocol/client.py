@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence, cast
 import numpy as np
 
 from . import wire
+from .clip_rows import RowAssembler
 from .tls import TlsError, TlsSettings
 
 READY_PREFIX = "SAM3D_READY "
@@ -271,7 +272,9 @@ class Client:
     def wait_for(self, rid: int, expected: str, progress: ProgressCallback | None = None,
                  timeout: float | None = None) -> wire.Message:
         """Read until the reply ``expected`` to request ``rid`` (progress goes to the callback);
-        an `error` reply raises `RemoteError`, a broken connection `ConnectionLost`."""
+        an `error` reply raises `RemoteError`, a broken connection `ConnectionLost`. A clip's
+        `clip_rows` parts are joined into its result's arrays (addon/protocol/clip_rows.py)."""
+        rows: RowAssembler | None = None
         while True:
             sock = self._sock
             if sock is None:
@@ -294,8 +297,21 @@ class Client:
                 if progress is not None:
                     progress(float(message.fields["fraction"]), message.fields.get("message", ""))
                 continue
+            if message.type == "clip_rows":
+                rows = rows if rows is not None else RowAssembler()
+                try:
+                    rows.add(message.fields["start"], message.arrays, message.fields.get("total"))
+                except ValueError as exc:
+                    raise ConnectionLost(f"bad clip rows from the server: {exc}") from exc
+                del message  # its payload is copied; let it go before the next part arrives
+                continue
             if message.type != expected:
                 raise ConnectionLost(f"expected {expected!r} from the server, got {message.type!r}")
+            if rows is not None or "rows" in message.fields:
+                try:
+                    message.arrays.update((rows or RowAssembler()).finish(int(message.fields.get("rows", 0))))
+                except ValueError as exc:
+                    raise ConnectionLost(f"bad clip result from the server: {exc}") from exc
             return message
 
 

@@ -21,7 +21,8 @@ from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+# 2: a clip's rows come in `clip_rows` parts before its `result` (addon/protocol/clip_rows.py).
+PROTOCOL_VERSION = 2
 MAGIC = b"S3DB"
 PREFIX = struct.Struct("<4sIQ")
 # Offsets of numeric arrays in the payload are rounded up to this so decoded views are aligned.
@@ -31,7 +32,8 @@ ALIGNMENT = 64
 STAGE_PREFIX = "SAM3D_STAGE "
 
 MESSAGE_TYPES = (
-    "hello", "load", "rig", "reconstruct", "clip", "progress", "result", "error", "cancel", "shutdown",
+    "hello", "load", "rig", "reconstruct", "clip", "progress", "clip_rows", "result", "error", "cancel",
+    "shutdown",
 )
 # Wire dtype name -> numpy dtype (always little-endian). "str" arrays live in the header.
 DTYPES: dict[str, np.dtype] = {
@@ -216,6 +218,16 @@ def _check_reconstruct(message: Message) -> str | None:
     return None
 
 
+def _check_rows_part(message: Message) -> str | None:
+    lengths = {name: array.shape[0] if array.ndim else -1 for name, array in message.arrays.items()}
+    if not lengths or min(lengths.values()) < 1 or len(set(lengths.values())) != 1:
+        return f"needs row arrays with the same number of rows (>= 1), got {lengths}"
+    total = message.fields.get("total")
+    if total is not None and message.fields["start"] + next(iter(lengths.values())) > total:
+        return "rows run past 'total'"
+    return None
+
+
 SCHEMAS: dict[str, Schema] = {
     "hello": Schema(
         required={"version": _check_int},
@@ -248,7 +260,11 @@ SCHEMAS: dict[str, Schema] = {
         arrays={"boxes": ArraySpec(_FLOATS | {"i4", "i8"}, (None, 4))},
     ),
     "progress": Schema(required={"fraction": _check_fraction}, optional={"message": _check_str}),
-    "result": Schema(optional={"info": _check_dict}, arrays=None),
+    # Rows start.. of a clip result's row arrays, sent while the clip runs; `total` (the clip's
+    # row count) once it is known. The clip's `result` then says `rows` and holds the rest.
+    "clip_rows": Schema(required={"start": _check_count}, optional={"total": _check_count}, arrays=None,
+                        check=_check_rows_part),
+    "result": Schema(optional={"info": _check_dict, "rows": _check_count}, arrays=None),
     "error": Schema(required={"code": _check_str, "message": _check_str}),
     "cancel": Schema(),
     "shutdown": Schema(),

@@ -4,9 +4,14 @@ Per frame the engine reconstructs the people (the photo pipeline, unchanged); th
 (server/pipeline/tracking.py) gives each person-frame a track id; a frame that fails is skipped
 with a warning, never the whole clip. At the end each track's body shape is locked to the median
 over its frames (identity blend shapes and the 68 bone scales) and every frame is re-posed with
-it, so bones keep one length for the whole clip. Only small per-frame arrays are kept (skeleton
+it, so bones keep one length for the whole clip. Only small per-frame arrays are made (skeleton
 states, parameters, keypoints): no per-frame mesh; the pose correctives travel as a few basis
 shapes per track and weights per frame (server/video/correctives.py).
+
+The rows leave the job in parts as they are made (`sink`, addon/protocol/clip_rows.py: on the
+server, `clip_rows` messages), so a long clip is held whole only once, by the receiver: while
+the clip runs the job keeps only what the shape lock needs (track ids and parameters), and the
+skeleton states are made after the lock, a part at a time.
 
 Where the boxes of a frame come from, in order: the caller's boxes for that frame
 (`frame_boxes`, e.g. from a studio's own tracker); the first frame's `boxes`; the person
@@ -24,18 +29,27 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from addon.protocol.clip_result import KIND
+from addon.protocol.clip_rows import RowAssembler
 
 from ..errors import BAD_INPUT, CANCELLED, ServerError
 from .source import FrameSource
 
 log = logging.getLogger("server.video")
 
-# Per person-frame arrays kept from each frame's result (addon/protocol/clip_result.py).
-_ROW_KEYS = ("pred_cam_t", "mhr_skel_state", "mhr_model_params", "shape_params", "expr_params",
-             "pred_keypoints_2d", "pred_keypoints_3d", "bbox", "focal_length")
+# Per person-frame arrays of each frame's result that the shape lock leaves as they are: they
+# leave the job while the clip runs (addon/protocol/clip_result.py has the layout).
+_EARLY_ROWS = ("frame", "track", "pred_cam_t", "expr_params", "pred_keypoints_2d",
+               "pred_keypoints_3d", "bbox", "focal_length")
+# What the shape lock needs of every row; the job keeps these until the end.
+_LOCK_INPUTS = ("track", "mhr_model_params", "shape_params", "expr_params")
 N_POSE_PARAMS = 136  # mhr_model_params[:136] pose, [136:204] bone scales (reference/mhr.md)
 KEYPOINT_BOX_PAD = 0.15  # of the keypoints' extent on each side: keypoints sit inside the body
 SHAPE_LOCK_BATCH = 64
+ROWS_PER_PART = 256  # person-frames per part handed to the sink (~0.4 MB of per-frame arrays)
+
+# sink(start, arrays, total): rows start.. of some row arrays; total (the clip's row count) once
+# it is known, i.e. for the arrays made after the shape lock.
+RowSink = Callable[[int, Mapping[str, np.ndarray], int | None], None]
 
 
 # Frames per model pass when their boxes are known up front. On a GPU a pass of one frame
@@ -75,11 +89,12 @@ def _keypoint_boxes(keypoints: np.ndarray, width: int, height: int) -> np.ndarra
 
 
 class ClipJob:
-    """Runs one clip through an engine; `run()` returns the clip result arrays."""
+    """Runs one clip through an engine. `run()` returns the clip result arrays; with a `sink`,
+    the row arrays went to it and the result holds the rest (`n_rows` says how many rows)."""
 
     def __init__(self, engine: Any, source: FrameSource, request: ClipRequest,
                  progress: Callable[[float, str], None] = lambda f, m: None,
-                 cancelled: Callable[[], bool] = lambda: False) -> None:
+                 cancelled: Callable[[], bool] = lambda: False, sink: RowSink | None = None) -> None:
         from ..pipeline.tracking import Tracker, TrackerConfig
 
         if request.mode not in ("body", "full"):
@@ -93,7 +108,12 @@ class ClipJob:
         self.engine, self.source, self.request = engine, source, request
         self.progress, self.cancelled = progress, cancelled
         self.tracker = Tracker(TrackerConfig(max_tracks=request.max_people))
-        self.rows: dict[str, list[np.ndarray]] = {k: [] for k in (*_ROW_KEYS, "frame", "track")}
+        self._assembler = RowAssembler() if sink is None else None
+        self.sink: RowSink = sink if sink is not None else self._assembler.add  # type: ignore[union-attr]
+        self._early: dict[str, list[np.ndarray]] = {k: [] for k in _EARLY_ROWS}
+        self._early_rows = 0
+        self._lock_inputs: dict[str, list[np.ndarray]] = {k: [] for k in _LOCK_INPUTS}
+        self.n_rows = 0
         self.failed: list[tuple[int, str]] = []
         self.shared: dict[str, np.ndarray] = {}
         self._last_keypoints: np.ndarray | None = None
@@ -132,14 +152,30 @@ class ClipJob:
         ids = self.tracker.update(number, np.asarray(out["bbox"], dtype=np.float64).reshape(-1, 4),
                                   np.asarray(out["pred_keypoints_2d"], dtype=np.float64))
         keep = np.flatnonzero(np.asarray(ids) >= 0)
-        for key in _ROW_KEYS:
-            self.rows[key].append(np.asarray(out[key])[keep])
-        self.rows["frame"].append(np.full(len(keep), number, dtype=np.int32))
-        self.rows["track"].append(np.asarray(ids, dtype=np.int32)[keep])
+        row = {key: np.asarray(out[key])[keep] for key in _EARLY_ROWS[2:]}
+        row["frame"] = np.full(len(keep), number, dtype=np.int32)
+        row["track"] = np.asarray(ids, dtype=np.int32)[keep]
+        row["mhr_model_params"] = np.asarray(out["mhr_model_params"])[keep]
+        row["shape_params"] = np.asarray(out["shape_params"])[keep]
+        for key in _EARLY_ROWS:
+            self._early[key].append(row[key])
+        for key in _LOCK_INPUTS:
+            self._lock_inputs[key].append(row[key])
+        self._early_rows += len(keep)
+        if self._early_rows >= ROWS_PER_PART:
+            self._send_early()
         self._last_keypoints = np.asarray(out["pred_keypoints_2d"])[keep]
         if not self.shared:
             for key in ("cam_int", "image_size", "intrinsics_source", "mode", "faces"):
                 self.shared[key] = np.asarray(out[key])
+
+    def _send_early(self) -> None:
+        if self._early_rows:
+            part = {key: np.concatenate(self._early[key]) for key in _EARLY_ROWS}
+            self.sink(self.n_rows, part, None)
+            self.n_rows += self._early_rows
+        self._early = {k: [] for k in _EARLY_ROWS}
+        self._early_rows = 0
 
     def run(self) -> dict[str, np.ndarray]:
         has_detector = self.engine._detector() is not None if self.request.frame_boxes is None else False
@@ -203,19 +239,29 @@ class ClipJob:
         return result
 
     def _assemble(self) -> dict[str, np.ndarray]:
-        rows = {k: np.concatenate(v) for k, v in self.rows.items()}
-        if len(rows["frame"]) == 0:
+        self._send_early()
+        if self.n_rows == 0:
             raise ServerError(BAD_INPUT, "no person was found on any frame of the clip")
-        result: dict[str, np.ndarray] = dict(rows)
-        result.update(lock_shapes(self.engine.mhr, rows))
+        lock = {}
+        for key in _LOCK_INPUTS:  # joined one at a time, each list released as it is joined
+            lock[key] = np.concatenate(self._lock_inputs.pop(key))
+        result: dict[str, np.ndarray] = lock_shapes(self.engine.mhr, lock, self._send_locked)
         self.progress(0.96, "compressing pose correctives")
         from .correctives import track_correctives
 
         try:
-            result.update(track_correctives(self.engine.mhr, result["mhr_model_params"], result["track"],
-                                            result["track_ids"]))
+            correctives = track_correctives(self.engine.mhr, lock["mhr_model_params"], lock["track"],
+                                            result["track_ids"])
         except (ValueError, AttributeError) as exc:  # an MHR without readable correctives layers
             log.warning("pose correctives left out of the clip: %s", exc)
+        else:
+            weights = correctives.pop("corrective_weights")
+            for start in range(0, self.n_rows, ROWS_PER_PART):
+                self.sink(start, {"corrective_weights": weights[start:start + ROWS_PER_PART]}, self.n_rows)
+            result.update(correctives)
+        del lock
+        if self._assembler is not None:
+            result.update(self._assembler.finish(self.n_rows))
         result.update(self.shared)
         result["kind"] = np.array(KIND)
         result["fps"] = np.array(self.source.fps, dtype=np.float64)
@@ -224,16 +270,25 @@ class ClipJob:
         result["failed_frames"] = np.asarray([f for f, _ in self.failed], dtype=np.int32)
         return result
 
+    def _send_locked(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
+        if self.cancelled():
+            raise ServerError(CANCELLED, "The clip reconstruction was cancelled.")
+        self.sink(start, arrays, self.n_rows)
 
-def lock_shapes(mhr: Any, rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+
+def lock_shapes(mhr: Any, rows: dict[str, np.ndarray],
+                send: Callable[[int, Mapping[str, np.ndarray]], None]) -> dict[str, np.ndarray]:
     """One body shape per track (the per-coefficient median over its frames, robust to a few
-    bad frames), every row re-posed with it. Returns the updated row arrays and `track_*`."""
+    bad frames), every row re-posed with it. `rows` holds `track`, `mhr_model_params`,
+    `shape_params` and `expr_params`; the locked parameters are written into its arrays. The
+    locked rows go to `send(start, arrays)` a part at a time (`mhr_skel_state`,
+    `mhr_model_params`, `shape_params`); returns the `track_*` arrays."""
     from ..mhr.rig_data import person_rig_state
 
     track = np.asarray(rows["track"])
     ids = np.unique(track)
-    params = np.array(rows["mhr_model_params"], dtype=np.float32, copy=True)
-    shape = np.array(rows["shape_params"], dtype=np.float32, copy=True)
+    params = rows["mhr_model_params"] = np.asarray(rows["mhr_model_params"], dtype=np.float32)
+    shape = rows["shape_params"] = np.asarray(rows["shape_params"], dtype=np.float32)
     expr = np.asarray(rows["expr_params"], dtype=np.float32)
     shapes, scales = [], []
     for tid in ids:
@@ -242,17 +297,19 @@ def lock_shapes(mhr: Any, rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
         scales.append(np.median(params[sel, N_POSE_PARAMS:], axis=0))
         shape[sel] = shapes[-1]
         params[sel, N_POSE_PARAMS:] = scales[-1]
-    skel = np.empty((len(track), 127, 8), dtype=np.float32)
-    for start in range(0, len(track), SHAPE_LOCK_BATCH):
-        part = slice(start, start + SHAPE_LOCK_BATCH)
-        skel[part] = person_rig_state(mhr, params[part], shape[part], expr[part])["mhr_skel_state"]
+    for start in range(0, len(track), ROWS_PER_PART):
+        stop = min(start + ROWS_PER_PART, len(track))
+        skel = np.empty((stop - start, 127, 8), dtype=np.float32)
+        for lo in range(start, stop, SHAPE_LOCK_BATCH):
+            hi = min(lo + SHAPE_LOCK_BATCH, stop)
+            skel[lo - start:hi - start] = person_rig_state(mhr, params[lo:hi], shape[lo:hi],
+                                                           expr[lo:hi])["mhr_skel_state"]
+        send(start, {"mhr_skel_state": skel, "mhr_model_params": params[start:stop],
+                     "shape_params": shape[start:stop]})
     # The rest skeleton and mesh of each track: its locked shape at zero pose.
     first = np.array([np.flatnonzero(track == tid)[0] for tid in ids])
     rest = person_rig_state(mhr, params[first], shape[first], expr[first])
     return {
-        "mhr_skel_state": skel,
-        "mhr_model_params": params,
-        "shape_params": shape,
         "track_ids": ids.astype(np.int32),
         "track_shape_params": np.asarray(shapes, dtype=np.float32).reshape(len(ids), -1),
         "track_scales": np.asarray(scales, dtype=np.float32).reshape(len(ids), -1),

@@ -48,6 +48,43 @@ def test_a_clip_request_streams_progress_and_returns_a_clip_result(running) -> N
     assert "frame 6/6" in " ".join(seen)
 
 
+def test_the_rows_come_in_parts_and_join_to_the_clip_job_s_own_result(running, monkeypatch) -> None:
+    """Streamed back: the rows leave the server in `clip_rows` parts (the per-frame ones while
+    the clip runs, the skeleton states after the shape lock) and the client joins them into
+    exactly what the clip job gives when it keeps the rows itself."""
+    from addon.protocol import clip_rows
+    from server.video import clip as clip_mod
+    from server.video.source import open_clip
+
+    service, movie = running
+    monkeypatch.setattr(clip_mod, "ROWS_PER_PART", 2)
+    parts: list[tuple[int, tuple[str, ...], int | None]] = []
+    add = clip_rows.RowAssembler.add
+
+    def spy(self, start, arrays, total=None):
+        parts.append((start, tuple(sorted(arrays)), total))
+        return add(self, start, arrays, total)
+
+    monkeypatch.setattr(clip_rows.RowAssembler, "add", spy)
+    with _client(service) as client:
+        rid = client.send_clip(clip_path=str(movie), mode="body", boxes=[ASTRONAUT_BOX])
+        streamed = check_clip(client.wait_for(rid, "result", timeout=120).arrays)
+    n = len(streamed["frame"])
+    early = [p for p in parts if "bbox" in p[1]]
+    locked = [p for p in parts if "mhr_skel_state" in p[1]]
+    assert n == 6 and [p[0] for p in early] == [0, 2, 4] and [p[2] for p in early] == [None] * 3
+    assert [p[0] for p in locked] == [0, 2, 4] and {p[2] for p in locked} == {n}
+    assert all("mhr_skel_state" not in p[1] for p in early)
+
+    parts.clear()
+    local = clip_mod.ClipJob(service.engine, open_clip(str(movie)),
+                             clip_mod.ClipRequest(mode="body", boxes=np.asarray([ASTRONAUT_BOX], np.float32))).run()
+    assert len(parts) > 3  # the job's own rows went through the same assembler
+    assert streamed.keys() - {"rig_joint_names"} >= local.keys() - {"source_path"}
+    for name, value in local.items():
+        np.testing.assert_array_equal(streamed[name], value, err_msg=name)
+
+
 def test_cancel_stops_a_running_clip(running) -> None:
     service, movie = running
     with _client(service) as client:

@@ -110,8 +110,12 @@ MESSAGES = [
                   "fps": 29.97, "max_people": 2}, {"boxes": np.array([[0, 0, 5, 3]], np.float32)}),
     ("progress", 6, {"fraction": 0.25, "message": "backbone"}, {}),
     ("progress", 6, {"fraction": 1}, {}),
+    ("clip_rows", 11, {"start": 0}, {"frame": np.arange(3, dtype=np.int32),
+                                     "bbox": np.ones((3, 4), np.float32)}),
+    ("clip_rows", 11, {"start": 3, "total": 5}, {"mhr_skel_state": np.ones((2, 127, 8), np.float32)}),
     ("result", 7, {"info": {"seconds": 1.5}}, {"pred_cam_t": np.ones((2, 3), np.float32),
                                               "mode": np.array("body")}),
+    ("result", 11, {"info": {"seconds": 1.5}, "rows": 5}, {"track_ids": np.zeros(1, np.int32)}),
     ("error", 8, {"code": "bad_image", "message": "cannot read"}, {}),
     ("cancel", 9, {}, {}),
     ("shutdown", 10, {}, {}),
@@ -162,6 +166,14 @@ def test_all_message_types_are_covered():
     ("cancel", True, {}, {}, "message id"),
     ("cancel", "x" * 200, {}, {}, "message id"),
     ("shutdown", 1, {"now": True}, {}, "unexpected field"),
+    ("clip_rows", 1, {}, {"frame": np.zeros(2, np.int32)}, "missing field 'start'"),
+    ("clip_rows", 1, {"start": -1}, {"frame": np.zeros(2, np.int32)}, "integer >= 0"),
+    ("clip_rows", 1, {"start": 0}, {}, "same number of rows"),
+    ("clip_rows", 1, {"start": 0}, {"frame": np.zeros(2, np.int32), "bbox": np.zeros((3, 4))},
+     "same number of rows"),
+    ("clip_rows", 1, {"start": 0}, {"frame": np.zeros(0, np.int32)}, "same number of rows"),
+    ("clip_rows", 1, {"start": 4, "total": 5}, {"frame": np.zeros(2, np.int32)}, "past 'total'"),
+    ("result", 1, {"rows": 1.5}, {}, "integer >= 0"),
 ])
 def test_schema_violations_are_refused_when_encoding(type, id, fields, arrays, needle):
     with pytest.raises(wire.BadSchema) as info:
