@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--parent-watch", action="store_true",
                        help="exit when the parent process goes away or closes our stdin")
     serve.add_argument("--queue-size", type=int, default=8, help="queued requests (default 8)")
+    serve.add_argument("--max-upload-gb", type=float, default=16.0, metavar="GB",
+                       help="largest clip a client may upload, in GiB (default 16); the files go to "
+                            "the temporary folder (TMPDIR) while the clip runs")
     _add_model_args(serve)
 
     rec = commands.add_parser("reconstruct", help="reconstruct the people in one image")
@@ -168,6 +171,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port} is not a TCP port")
     if args.queue_size < 1:
         raise UsageError("--queue-size must be at least 1")
+    if not args.max_upload_gb > 0:
+        raise UsageError("--max-upload-gb must be positive")
     if not (args.io_timeout > 0 and args.handshake_timeout > 0 and args.idle_timeout >= 0):
         raise UsageError("--io-timeout and --handshake-timeout must be positive and "
                          "--idle-timeout not negative")
@@ -213,7 +218,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine, request_type, token, host=args.host, port=args.port,
         queue_size=args.queue_size, io_timeout=args.io_timeout,
         handshake_timeout=args.handshake_timeout,
-        idle_timeout=args.idle_timeout or None, ssl_context=ssl_context)
+        idle_timeout=args.idle_timeout or None, ssl_context=ssl_context,
+        max_upload_bytes=int(args.max_upload_gb * 2**30))
     holder["service"] = running
     running.start()
     stages.set_sink(None)

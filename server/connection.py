@@ -34,6 +34,9 @@ class Connection:
         self.sock = sock
         self.address = address
         self.jobs: dict[int | str, Any] = {}
+        self.uploads: dict[int | str, Any] = {}  # clips whose files are still arriving
+        # Uploads that ended (cancelled, refused): their data still in flight is dropped quietly.
+        self.ended_uploads: collections.deque[int | str] = collections.deque(maxlen=64)
         self.closed = threading.Event()
         self.max_queued_progress = max_queued_progress
         self.dropped_progress = 0

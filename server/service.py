@@ -32,6 +32,7 @@ import numpy as np
 from addon.protocol import tls
 from addon.protocol import wire
 from server import oom
+from server.clip_upload import MAX_UPLOAD_BYTES
 from server.connection import Connection
 from server.errors import BAD_INPUT, CANCELLED, INTERNAL, OUT_OF_MEMORY, ServerError
 from server.fair_queue import FairQueue
@@ -47,6 +48,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 MAX_PIXELS = 100_000_000
 # A clip job waits while more of its row parts than this are unsent (~0.4 MB each).
 MAX_QUEUED_ROW_PARTS = 8
+MAX_UPLOADS_PER_CONNECTION = 2
 
 # Error codes of the protocol itself (engine failures use server.errors codes).
 AUTH = "auth"
@@ -75,6 +77,13 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"  # queued -> running -> done
     lock: threading.Lock = field(default_factory=threading.Lock)
+    upload: Any = None  # the ClipUpload of an uploaded clip (server/clip_upload.py)
+    fields: dict[str, Any] = field(default_factory=dict)  # a clip's message, kept for its upload
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def discard_upload(self) -> None:
+        if self.upload is not None:
+            self.upload.discard()
 
 
 class InferenceService:
@@ -93,7 +102,7 @@ class InferenceService:
                  limits: wire.Limits = wire.Limits(), io_timeout: float = 30.0,
                  idle_timeout: float | None = 3600.0, max_queued_per_connection: int | None = None,
                  ssl_context: ssl.SSLContext | None = None, allow_image_path: bool | None = None,
-                 max_pixels: int = MAX_PIXELS) -> None:
+                 max_pixels: int = MAX_PIXELS, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
         if not token:
             raise ValueError("the service needs a non-empty token")
         for name, value in (("handshake_timeout", handshake_timeout), ("io_timeout", io_timeout)):
@@ -110,6 +119,7 @@ class InferenceService:
         self.ssl_context = ssl_context
         self.allow_image_path = is_loopback(host) if allow_image_path is None else allow_image_path
         self.max_pixels = max_pixels
+        self.max_upload_bytes = max_upload_bytes
         self._jobs: FairQueue[Job] = FairQueue(queue_size, max_queued_per_connection)
         self._stopped = threading.Event()
         self._closing = False
@@ -229,6 +239,9 @@ class InferenceService:
         finally:
             connection.hang_up(flush_seconds=min(self.io_timeout, 5.0))
             self._drop_jobs(connection)
+            for job in list(connection.uploads.values()):
+                job.discard_upload()
+            connection.uploads.clear()
             with self._conn_lock:
                 self._connections.discard(connection)
 
@@ -328,11 +341,13 @@ class InferenceService:
             self.shutdown()
         elif kind in ("rig", "reconstruct", "clip"):
             self._submit(connection, message)
+        elif kind == "clip_data":
+            self._clip_data(connection, message)
         else:  # progress/clip_rows/result/error only flow from the server
             connection.error(message.id, BAD_INPUT, f"a client cannot send '{kind}'")
 
     def _submit(self, connection: Connection, message: wire.Message) -> None:
-        if message.id in connection.jobs:
+        if message.id in connection.jobs or message.id in connection.uploads:
             connection.error(message.id, DUPLICATE_ID,
                              f"request id {message.id!r} is already in progress")
             return
@@ -350,10 +365,13 @@ class InferenceService:
                 code, text = _describe(exc)
                 connection.error(message.id, code, text)
                 return
+        if message.type == "clip" and "upload" in message.fields:
+            self._start_upload(connection, job, message)
+            return
         if message.type == "clip":
             if not self.allow_image_path:
                 connection.error(message.id, BAD_INPUT, "this server does not read clips named by remote "
-                                 "clients; run clips on a server on the same machine")
+                                 "clients; send the clip's files (upload) instead")
                 return
             try:
                 job.request = clip_request(message.fields, message.arrays)
@@ -361,15 +379,68 @@ class InferenceService:
                 code, text = _describe(exc)
                 connection.error(message.id, code, text)
                 return
+        self._enqueue(connection, job)
+
+    def _enqueue(self, connection: Connection, job: Job) -> None:
         connection.jobs[job.id] = job
         try:
             self._jobs.put_nowait(connection, job)
         except queue.Full:
             connection.jobs.pop(job.id, None)
-            connection.error(message.id, BUSY, "the server is busy (too many queued requests); "
+            job.discard_upload()
+            connection.error(job.id, BUSY, "the server is busy (too many queued requests); "
                                                "try again when the current ones finish")
 
+    # -- uploaded clips (server/clip_upload.py) ---------------------------------------------
+
+    def _start_upload(self, connection: Connection, job: Job, message: wire.Message) -> None:
+        from .clip_upload import ClipUpload
+
+        if len(connection.uploads) >= MAX_UPLOADS_PER_CONNECTION:
+            connection.error(job.id, BUSY, f"{MAX_UPLOADS_PER_CONNECTION} clip uploads are already under "
+                                           "way on this connection")
+            return
+        try:
+            job.upload = ClipUpload(message.fields["upload"], self.max_upload_bytes)
+        except Exception as exc:
+            code, text = _describe(exc)
+            connection.error(job.id, code, text)
+            return
+        job.fields, job.arrays = dict(message.fields), dict(message.arrays)
+        connection.uploads[job.id] = job
+        log.info("request %r: receiving a clip of %d file(s), %.1f MB", job.id, len(job.upload.names),
+                 job.upload.total / 1e6)
+
+    def _clip_data(self, connection: Connection, message: wire.Message) -> None:
+        job = connection.uploads.get(message.id)
+        if job is None:
+            if message.id not in connection.ended_uploads:  # data in flight after a cancel is dropped
+                connection.error(message.id, BAD_INPUT, "clip_data for no clip upload under way")
+            return
+        try:
+            job.upload.write(int(message.fields["file"]), memoryview(message.arrays["data"]).cast("B"))
+            if not job.upload.complete:
+                return
+            connection.uploads.pop(job.id, None)
+            job.request = clip_request({**job.fields, "clip_path": str(job.upload.path)}, job.arrays)
+        except Exception as exc:
+            self._end_upload(connection, job)
+            code, text = _describe(exc)
+            connection.error(job.id, code, text)
+            return
+        self._enqueue(connection, job)
+
+    def _end_upload(self, connection: Connection, job: Job) -> None:
+        connection.uploads.pop(job.id, None)
+        connection.ended_uploads.append(job.id)
+        job.discard_upload()
+
     def _cancel(self, connection: Connection, request_id: int | str) -> None:
+        upload = connection.uploads.get(request_id)
+        if upload is not None:
+            self._end_upload(connection, upload)
+            connection.error(request_id, CANCELLED, "cancelled while the clip was uploading")
+            return
         job = connection.jobs.get(request_id)
         if job is None:
             log.info("cancel of %r: no such request in progress", request_id)
@@ -381,6 +452,7 @@ class InferenceService:
             job.state = "done"
         self._jobs.remove(connection, job)  # free its place in the queue now
         connection.jobs.pop(request_id, None)
+        job.discard_upload()
         connection.error(request_id, CANCELLED, "cancelled before it started")
 
     def _drop_jobs(self, connection: Connection) -> None:
@@ -390,6 +462,7 @@ class InferenceService:
                 job.cancelled.set()
                 job.state = "done"
             connection.jobs.pop(job.id, None)
+            job.discard_upload()
 
     # -- the model worker --------------------------------------------------------------------
 
@@ -414,6 +487,7 @@ class InferenceService:
                     job.state = "done"
                 job.connection.jobs.pop(job.id, None)
                 job.request = None
+                job.discard_upload()
             del job
             if out_of_memory:
                 # Outside the except block, so the failed request's frames (and tensors)
@@ -444,6 +518,8 @@ class InferenceService:
                                cancelled=job.cancelled.is_set, sink=self._row_sink(job))
                 result = clip.run()
                 fields["rows"] = clip.n_rows
+                if job.upload is not None:  # the client's name for it, not our temporary copy
+                    result["source_path"] = np.array(job.fields["clip_path"])
             else:
                 result = self.engine.reconstruct(job.request, progress=progress,
                                                  cancelled=job.cancelled.is_set)

@@ -34,6 +34,10 @@ from .tls import TlsError, TlsSettings
 
 READY_PREFIX = "SAM3D_READY "
 TOKEN_ENV = "SAM3D_BODY_TOKEN"
+# Bytes per clip_data message: small enough that a cancel sent between two of them is not held
+# up long on a slow link (it waits for the socket), large enough that headers cost nothing.
+UPLOAD_CHUNK = 1 << 20
+UPLOAD_REPORT = 8 << 20  # progress every this many bytes sent
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -62,6 +66,28 @@ class ServerStartError(ClientError):
         super().__init__(message + (f"\n--- server log ---\n{log_tail}" if log_tail else ""))
         self.message = message
         self.log_tail = log_tail
+
+
+def clip_files(clip_path: str | os.PathLike) -> list[Path]:
+    """The files of a clip to upload: the movie, or the images of a folder (the server reads
+    them in natural order); ValueError says what is wrong."""
+    from .clip_result import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    path = Path(clip_path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"the folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    elif path.is_file():
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ValueError(f"{path} is not a movie file ({', '.join(VIDEO_SUFFIXES)}) nor an image folder")
+        files = [path]
+    else:
+        raise ValueError(f"clip not found: {path}")
+    empty = [f.name for f in files if f.stat().st_size == 0]
+    if empty:
+        raise ValueError(f"empty file(s) in the clip: {', '.join(empty[:5])}")
+    return files
 
 
 def project_root() -> Path:
@@ -104,6 +130,7 @@ class Client:
         self.info: dict[str, Any] = {}
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
+        self._uploads: dict[int, list[Path]] = {}
         self._ids = itertools.count(1)
         self._id_lock = threading.Lock()
 
@@ -223,9 +250,12 @@ class Client:
     def send_clip(self, *, clip_path: str | os.PathLike, mode: str = "body", start: int = 0,
                   stop: int | None = None, step: int = 1, fps: float | None = None,
                   max_people: int | None = None, boxes: Any = None,
-                  intrinsics: Sequence[float] | None = None, request_id: int | None = None) -> int:
+                  intrinsics: Sequence[float] | None = None, request_id: int | None = None,
+                  upload: bool = False) -> int:
         """Send a clip request (a movie file or image folder on the server's disk); the server
-        answers with per-frame progress and one clip result (addon/protocol/clip_result.py)."""
+        answers with per-frame progress and one clip result (addon/protocol/clip_result.py).
+        With `upload` the clip is on this machine: its files are announced here and their bytes
+        go with `send_clip_data` (a server on another machine)."""
         fields: dict[str, Any] = {"clip_path": os.fspath(clip_path), "mode": mode, "start": int(start),
                                   "step": int(step)}
         for name, value in (("stop", stop), ("max_people", max_people)):
@@ -239,8 +269,37 @@ class Client:
         if boxes is not None:
             arrays["boxes"] = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         rid = self.next_id() if request_id is None else request_id
+        if upload:
+            files = clip_files(clip_path)
+            fields["upload"] = {"files": [f.name for f in files], "sizes": [f.stat().st_size for f in files]}
+            self._uploads[rid] = files
         self._send("clip", rid, fields, arrays)
         return rid
+
+    def send_clip_data(self, rid: int, progress: Callable[[int, int], None] | None = None,
+                       cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Send the files of the clip announced by `send_clip(upload=True)`, UPLOAD_CHUNK bytes
+        per message, read as they go (never the whole clip in memory). `progress(sent, total)`;
+        False when `cancelled()` stopped it (the server drops the partial upload on `cancel`)."""
+        files = self._uploads.pop(rid)
+        sizes = [f.stat().st_size for f in files]
+        total, sent, reported = sum(sizes), 0, 0
+        for number, (path, size) in enumerate(zip(files, sizes)):
+            with open(path, "rb") as handle:
+                left = size  # as announced: a file that grows meanwhile is cut, one that shrinks fails
+                while left > 0:
+                    if cancelled():
+                        return False
+                    chunk = handle.read(min(UPLOAD_CHUNK, left))
+                    if not chunk:
+                        raise ValueError(f"{path} became shorter while it was being sent")
+                    self._send("clip_data", rid, {"file": number}, {"data": np.frombuffer(chunk, np.uint8)})
+                    left -= len(chunk)
+                    sent += len(chunk)
+                    if progress is not None and (sent - reported >= UPLOAD_REPORT or sent == total):
+                        progress(sent, total)
+                        reported = sent
+        return True
 
     def cancel(self, request_id: int) -> None:
         """Ask the server to stop a request; its reply becomes a `cancelled` error."""
@@ -611,6 +670,11 @@ class JobRunner:
                 else:
                     rid = client.send_reconstruct(**job.request)
                 job._client, job._request_id = client, rid
+            if job.kind == "clip" and job.request.get("upload"):
+                # Outside the job's lock: `Job.cancel` (Blender's main thread) must not wait for it.
+                client.send_clip_data(rid, lambda sent, total: put(JobEvent(
+                    job.id, "progress", 0.0, f"uploading the clip: {sent / 1e6:.0f} of {total / 1e6:.0f} MB")),
+                    cancelled=lambda: job.cancelled)
             expected = "rig" if job.kind == "rig" else "result"
             data = client.wait_for(rid, expected, timeout=self.request_timeout,
                                    progress=lambda f, m: put(JobEvent(job.id, "progress", f, m))

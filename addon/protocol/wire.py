@@ -21,7 +21,8 @@ from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 
-# 2: a clip's rows come in `clip_rows` parts before its `result` (addon/protocol/clip_rows.py).
+# 2: a clip's rows come in `clip_rows` parts before its `result` (addon/protocol/clip_rows.py);
+#    a clip may be uploaded (`clip` with `upload`, then `clip_data`).
 PROTOCOL_VERSION = 2
 MAGIC = b"S3DB"
 PREFIX = struct.Struct("<4sIQ")
@@ -32,8 +33,8 @@ ALIGNMENT = 64
 STAGE_PREFIX = "SAM3D_STAGE "
 
 MESSAGE_TYPES = (
-    "hello", "load", "rig", "reconstruct", "clip", "progress", "clip_rows", "result", "error", "cancel",
-    "shutdown",
+    "hello", "load", "rig", "reconstruct", "clip", "clip_data", "progress", "clip_rows", "result", "error",
+    "cancel", "shutdown",
 )
 # Wire dtype name -> numpy dtype (always little-endian). "str" arrays live in the header.
 DTYPES: dict[str, np.dtype] = {
@@ -249,15 +250,23 @@ SCHEMAS: dict[str, Schema] = {
         },
         check=_check_reconstruct,
     ),
-    # A video clip on the server's disk (loopback servers only): per-frame progress, one result
-    # in the clip result layout (addon/protocol/clip_result.py).
+    # A video clip: on the server's disk (loopback servers only), or with `upload` ({"files":
+    # [names], "sizes": [bytes]}) sent next as `clip_data` parts (server/clip_upload.py).
+    # Per-frame progress, the rows in `clip_rows` parts, one result (addon/protocol/clip_result.py).
     "clip": Schema(
         required={"clip_path": _check_str},
         optional={
             "mode": _check_mode, "start": _check_count, "stop": _check_count, "step": _check_count,
             "fps": _check_positive, "max_people": _check_count, "intrinsics": _check_intrinsics,
+            "upload": _check_dict,
         },
         arrays={"boxes": ArraySpec(_FLOATS | {"i4", "i8"}, (None, 4))},
+    ),
+    # The next bytes of file number `file` of an uploaded clip (the `clip` request's id).
+    "clip_data": Schema(
+        required={"file": _check_count},
+        arrays={"data": ArraySpec(frozenset({"u1"}), (None,))},
+        check=lambda m: None if "data" in m.arrays and m.arrays["data"].size else "needs a non-empty 'data'",
     ),
     "progress": Schema(required={"fraction": _check_fraction}, optional={"message": _check_str}),
     # Rows start.. of a clip result's row arrays, sent while the clip runs; `total` (the clip's

@@ -312,6 +312,8 @@ def submit_job(context: bpy.types.Context, request: dict[str, Any], image_path: 
     if SESSION.pending is not None:
         raise InputError(BUSY_MESSAGE)
     config = server_config(context)
+    if "address" in config and kind == "clip":
+        request["upload"] = True  # a server on another machine gets the clip's files
     if "address" in config and "image_path" in request:
         path = request.pop("image_path")
         try:
@@ -377,9 +379,6 @@ class SAM3D_OT_reconstruct(JobOperator, bpy.types.Operator):
             image_path = resolve_image_path(context)
             config = server_config(context)
             if is_clip_path(image_path):
-                if "address" in config:
-                    raise InputError("Clips run on a server on this machine (it reads the clip from "
-                                     "disk): switch the server to Local, or reconstruct photos")
                 submit_job(context, clip_request(context, image_path), image_path, clip_options(context),
                            kind="clip")
             else:

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """A video clip through the panel's Reconstruct with a real server process and the tiny fixture
 checkpoint: the operator returns at once, progress is per frame, the result becomes a keyed
-character; Cancel mid-clip leaves the scene untouched; a studio server refuses clips clearly."""
+character; Cancel mid-clip leaves the scene untouched; a studio server gets the clip uploaded."""
 from __future__ import annotations
 
 import sys
@@ -80,6 +80,28 @@ def test_a_clip_becomes_a_keyed_character(context) -> None:
     action = arm.animation_data.action
     assert action is not None and context.scene.frame_start == 1 and context.scene.frame_end == 5
     assert "Animated 1 character(s) over 3 frames" in live.message
+
+
+def test_a_studio_server_gets_the_clip_uploaded(context, parity_dir: Path) -> None:
+    """With a studio server in the preferences the clip's file travels over the socket (the
+    server need not see this machine's disk) and the character is built as with a local one."""
+    from addon.protocol.client import ServerProcess
+
+    server = ServerProcess(sys.executable, checkpoint=str(parity_dir / "checkpoints" / "dinov3_tiny"),
+                           device="cpu")
+    server.start()
+    try:
+        prefs = context.preferences.addons[PACKAGE].preferences
+        prefs.server_mode = "REMOTE"
+        prefs.remote_host, prefs.remote_port, prefs.remote_token = server.host, server.port, server.token
+        live = context.window_manager.sam3d_body_status
+        assert bpy.ops.sam3d_body.reconstruct() == {"FINISHED"}
+        seen = _drain(context)
+        assert live.last_error == "", live.last_error + live.log_tail
+        assert any(m.startswith("uploading the clip") for m in seen), seen
+        assert "Animated 1 character(s) over 5 frames" in live.message
+    finally:
+        server.stop()
 
 
 def test_cancel_mid_clip_leaves_the_scene_untouched(context) -> None:

@@ -110,3 +110,127 @@ def test_a_bad_clip_is_refused_before_it_queues(running, path: str, text: str) -
         with pytest.raises(RemoteError) as err:
             client.wait_for(rid, "result", timeout=30)
     assert text in err.value.message
+
+
+# -- clips uploaded to the server (a studio's server on another machine) --------------------
+
+
+@pytest.fixture
+def uploads_dir(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.startswith("sam3d_upload_")]
+
+
+def test_a_server_that_reads_no_client_paths_takes_the_clip_as_an_upload(running, uploads_dir, monkeypatch) -> None:
+    """A remote server refuses a clip path but takes its bytes, and gives the same rows as the
+    clip read from its own disk; the client's path names the result; the copy is gone after."""
+    from addon.protocol import client as client_mod
+    from addon.protocol.client import JobRunner
+
+    service, movie = running
+    with _client(service) as client:
+        rid = client.send_clip(clip_path=str(movie), mode="body", boxes=[ASTRONAUT_BOX])
+        local = check_clip(client.wait_for(rid, "result", timeout=120).arrays)
+    monkeypatch.setattr(service, "allow_image_path", False)
+    with _client(service) as client:
+        rid = client.send_clip(clip_path=str(movie), mode="body", boxes=[ASTRONAUT_BOX])
+        with pytest.raises(RemoteError, match="send the clip's files"):
+            client.wait_for(rid, "result", timeout=30)
+    monkeypatch.setattr(client_mod, "UPLOAD_CHUNK", 4096)  # several clip_data parts
+    runner = JobRunner(address=("127.0.0.1", service.port, TOKEN))
+    job = runner.submit_clip(clip_path=str(movie), mode="body", boxes=[ASTRONAUT_BOX], upload=True)
+    events = []
+    while not events or events[-1].kind == "progress":
+        events.append(runner.events.get(timeout=120))
+    assert events[-1].kind == "result", events[-1]
+    assert job.done.wait(10)
+    assert any(e.message.startswith("uploading the clip") for e in events)
+    uploaded = check_clip(events[-1].data)
+    assert str(uploaded["source_path"]) == str(movie)
+    for name, value in local.items():
+        if name != "source_path":
+            np.testing.assert_array_equal(uploaded[name], value, err_msg=name)
+    assert _leftovers(uploads_dir) == []
+
+
+def test_an_image_folder_uploads_as_its_images(running, parity_dir, uploads_dir, tmp_path) -> None:
+    from PIL import Image
+
+    service, _ = running
+    frames, boxes = panned_clip(parity_dir / "images", n_frames=3)
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for k, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"shot_{k + 1}.png")
+    (folder / "notes.txt").write_text("not a frame")
+    with _client(service) as client:
+        rid = client.send_clip(clip_path=str(folder), mode="body", boxes=boxes[0], upload=True)
+        assert client.send_clip_data(rid)
+        clip = check_clip(client.wait_for(rid, "result", timeout=120).arrays)
+    assert clip["frames"].tolist() == [0, 1, 2] and str(clip["source_path"]) == str(folder)
+    assert _leftovers(uploads_dir) == []
+
+
+def test_cancel_or_a_lost_connection_mid_upload_leaves_nothing_behind(running, uploads_dir) -> None:
+    import time
+
+    service, movie = running
+    with _client(service) as client:
+        rid = client.send_clip(clip_path=str(movie), upload=True)
+        client._uploads.pop(rid)
+        client._send("clip_data", rid, {"file": 0}, {"data": np.frombuffer(b"\0" * 100, np.uint8)})
+        client.cancel(rid)
+        with pytest.raises(RemoteError) as err:
+            client.wait_for(rid, "result", timeout=30)
+        assert err.value.code == "cancelled" and "uploading" in err.value.message
+        # data still in flight after the cancel is dropped without an answer
+        client._send("clip_data", rid, {"file": 0}, {"data": np.frombuffer(b"\0" * 10, np.uint8)})
+        assert client.load()["protocol"] >= 2
+    assert _leftovers(uploads_dir) == []
+    client = _client(service)
+    rid = client.send_clip(clip_path=str(movie), upload=True)
+    client._send("clip_data", rid, {"file": 0}, {"data": np.frombuffer(b"\0" * 100, np.uint8)})
+    client.load()  # the upload is under way on the server
+    assert len(_leftovers(uploads_dir)) == 1
+    client.close()
+    deadline = time.monotonic() + 30
+    while _leftovers(uploads_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _leftovers(uploads_dir) == []
+
+
+def test_bad_uploads_are_refused_and_the_connection_stays_usable(running, uploads_dir, monkeypatch) -> None:
+    service, movie = running
+    size = movie.stat().st_size
+    monkeypatch.setattr(service, "max_upload_bytes", size - 1)
+    with _client(service) as client:
+        rid = client.send_clip(clip_path=str(movie), upload=True)
+        with pytest.raises(RemoteError, match="more than this server takes"):
+            client.wait_for(rid, "result", timeout=30)
+        monkeypatch.setattr(service, "max_upload_bytes", 1 << 30)
+        rid = client.next_id()
+        client._send("clip", rid, {"clip_path": "x", "upload": {"files": ["../../etc/a.mp4"], "sizes": [5]}})
+        with pytest.raises(RemoteError, match="not a plain file name"):
+            client.wait_for(rid, "result", timeout=30)
+        rid = client.next_id()
+        client._send("clip_data", rid, {"file": 0}, {"data": np.zeros(4, np.uint8)})
+        with pytest.raises(RemoteError, match="no clip upload under way"):
+            client.wait_for(rid, "result", timeout=30)
+        rid = client.next_id()
+        client._send("clip", rid, {"clip_path": "x", "upload": {"files": ["a.mp4"], "sizes": [3]}})
+        client._send("clip_data", rid, {"file": 0}, {"data": np.zeros(4, np.uint8)})
+        with pytest.raises(RemoteError, match="longer than its announced 3 bytes"):
+            client.wait_for(rid, "result", timeout=30)
+        rid = client.next_id()
+        client._send("clip", rid, {"clip_path": "x", "upload": {"files": ["a.mp4"], "sizes": [3]}})
+        client._send("clip_data", rid, {"file": 0}, {"data": np.zeros(3, np.uint8)})
+        with pytest.raises(RemoteError, match="a.mp4"):  # complete, but not a movie OpenCV can open
+            client.wait_for(rid, "result", timeout=30)
+        assert client.load()["protocol"] >= 2
+    assert _leftovers(uploads_dir) == []

@@ -108,6 +108,8 @@ MESSAGES = [
     ("reconstruct", 5, {"image_path": "/tmp/photo.jpg"}, {}),
     ("clip", 11, {"clip_path": "/tmp/walk.mp4", "mode": "body", "start": 0, "stop": 40, "step": 2,
                   "fps": 29.97, "max_people": 2}, {"boxes": np.array([[0, 0, 5, 3]], np.float32)}),
+    ("clip", 12, {"clip_path": "walk.mp4", "upload": {"files": ["walk.mp4"], "sizes": [10]}}, {}),
+    ("clip_data", 12, {"file": 0}, {"data": np.arange(10, dtype=np.uint8)}),
     ("progress", 6, {"fraction": 0.25, "message": "backbone"}, {}),
     ("progress", 6, {"fraction": 1}, {}),
     ("clip_rows", 11, {"start": 0}, {"frame": np.arange(3, dtype=np.int32),
@@ -174,6 +176,11 @@ def test_all_message_types_are_covered():
     ("clip_rows", 1, {"start": 0}, {"frame": np.zeros(0, np.int32)}, "same number of rows"),
     ("clip_rows", 1, {"start": 4, "total": 5}, {"frame": np.zeros(2, np.int32)}, "past 'total'"),
     ("result", 1, {"rows": 1.5}, {}, "integer >= 0"),
+    ("clip_data", 1, {"file": 0}, {}, "non-empty 'data'"),
+    ("clip_data", 1, {"file": 0}, {"data": np.zeros(0, np.uint8)}, "non-empty 'data'"),
+    ("clip_data", 1, {"file": 0}, {"data": np.zeros(3, np.float32)}, "dtype f4"),
+    ("clip_data", 1, {}, {"data": np.zeros(3, np.uint8)}, "missing field 'file'"),
+    ("clip", 1, {"clip_path": "a", "upload": []}, {}, "JSON object"),
 ])
 def test_schema_violations_are_refused_when_encoding(type, id, fields, arrays, needle):
     with pytest.raises(wire.BadSchema) as info:
