@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="after the prompted run, fit the pose so each prompted keypoint lands on "
                      "its point, holding the other body keypoints (not part of the official pipeline)")
     rec.add_argument("--connect", type=_address, metavar="HOST:PORT",
-                     help="send the job to a running server (token from SAM3D_BODY_TOKEN)")
+                     help="send the job to a running server (token from SAM3D_BODY_TOKEN); a clip is "
+                          "uploaded to it")
     rec.add_argument("--tls-ca", metavar="CA.pem",
                      help="with --connect: use TLS, verify the server against this CA file")
     rec.add_argument("--tls-pin", metavar="SHA256",
@@ -274,14 +275,16 @@ def _read_masks(paths: Sequence[str]) -> list[np.ndarray]:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .video.cli import cmd_reconstruct_clip, is_clip_input
 
+    if (args.tls_ca or args.tls_pin) and not args.connect:
+        raise UsageError("--tls-ca/--tls-pin need --connect")
     if is_clip_input(args.image):
+        if args.connect:
+            return cmd_reconstruct_clip(args, lambda: _remote_client(args), save_result, UsageError, remote=True)
         factory, _ = resolve_engine(args.engine)
         return cmd_reconstruct_clip(args, lambda: make_engine(factory, args), save_result, UsageError)
     image_path = Path(args.image)
     if not image_path.is_file():
         raise UsageError(f"image {args.image!r} does not exist")
-    if (args.tls_ca or args.tls_pin) and not args.connect:
-        raise UsageError("--tls-ca/--tls-pin need --connect")
     if args.fit_prompts and not args.prompt:
         raise UsageError("--fit-prompts needs at least one --prompt x,y,label")
     if args.mask and len(args.mask) != len(args.box):
@@ -326,6 +329,16 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def _reconstruct_remote(args: argparse.Namespace, image_path: Path, boxes: np.ndarray | None,
                         masks: list[np.ndarray] | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    with _remote_client(args) as client:
+        result = client.reconstruct(
+            image_bytes=image_path.read_bytes(), boxes=boxes, masks=masks, mode=args.mode,
+            intrinsics=args.intrinsics, prompts=args.prompt or None, fit_prompts=args.fit_prompts,
+            progress=lambda f, m: log.info("%3.0f%% %s", 100 * f, m))
+        return result, client.rig()
+
+
+def _remote_client(args: argparse.Namespace) -> Any:
+    """A Client (not yet connected) for --connect, its token from the environment."""
     from addon.protocol.client import TOKEN_ENV, Client
 
     token = os.environ.get(TOKEN_ENV, "")
@@ -340,12 +353,7 @@ def _reconstruct_remote(args: argparse.Namespace, image_path: Path, boxes: np.nd
             tls = TlsSettings(ca_file=args.tls_ca, pin_sha256=args.tls_pin)
         except TlsError as exc:
             raise UsageError(str(exc)) from exc
-    with Client(host, port, token, tls=tls) as client:
-        result = client.reconstruct(
-            image_bytes=image_path.read_bytes(), boxes=boxes, masks=masks, mode=args.mode,
-            intrinsics=args.intrinsics, prompts=args.prompt or None, fit_prompts=args.fit_prompts,
-            progress=lambda f, m: log.info("%3.0f%% %s", 100 * f, m))
-        return result, client.rig()
+    return Client(host, port, token, tls=tls)
 
 
 def save_result(path: Path, result: dict[str, Any]) -> None:

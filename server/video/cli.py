@@ -61,14 +61,20 @@ def _print_progress(fraction: float, message: str) -> None:
 
 
 def cmd_reconstruct_clip(args: argparse.Namespace, make: Callable[[], Any],
-                         save: Callable[[Path, dict[str, Any]], None], usage: type[Exception]) -> int:
+                         save: Callable[[Path, dict[str, Any]], None], usage: type[Exception],
+                         remote: bool = False) -> int:
+    """`make()` gives the engine, or with `remote` a Client of the --connect server, which gets
+    the clip uploaded (server/clip_upload.py) and streams the rows back."""
     from addon.protocol.result_file import with_rig_arrays
 
     from .clip import ClipJob, ClipRequest
     from .source import open_clip
 
-    if args.connect:
-        raise usage("--connect takes photos only; run clips on the machine with the model")
+    if remote:
+        for flag in ("track_boxes", "batch_frames"):
+            if getattr(args, flag) is not None:
+                raise usage(f"--{flag.replace('_', '-')} is not sent to a server: drop it, or run the "
+                            "clip on the machine with the model")
     for flag in ("mask", "prompt"):
         if getattr(args, flag):
             raise usage(f"--{flag} applies to photos, not to clips")
@@ -82,6 +88,8 @@ def cmd_reconstruct_clip(args: argparse.Namespace, make: Callable[[], Any],
     except ValueError as exc:
         raise usage(str(exc)) from exc
     source = open_clip(args.image, args.start, args.stop, args.step, args.fps)  # before the model load
+    if remote:
+        return _reconstruct_remote_clip(args, make(), out, save, len(source))
     request = ClipRequest(mode=args.mode, intrinsics=tuple(args.intrinsics) if args.intrinsics else None,
                           boxes=np.asarray(args.box, dtype=np.float32).reshape(-1, 4) if args.box else None,
                           frame_boxes=frame_boxes, max_people=args.max_people,
@@ -91,5 +99,24 @@ def cmd_reconstruct_clip(args: argparse.Namespace, make: Callable[[], Any],
     check_clip(result)
     save(out, with_rig_arrays(result, engine.rig_data()))
     print(f"wrote {out}: {len(source)} frames, {len(result['track_ids'])} track(s), "
+          f"{len(result['failed_frames'])} frame(s) skipped", file=sys.stderr)
+    return 0
+
+
+def _reconstruct_remote_clip(args: argparse.Namespace, client: Any, out: Path,
+                             save: Callable[[Path, dict[str, Any]], None], n_frames: int) -> int:
+    from addon.protocol.result_file import with_rig_arrays
+
+    with client:
+        rid = client.send_clip(clip_path=os.path.abspath(args.image), mode=args.mode, start=args.start,
+                               stop=args.stop, step=args.step, fps=args.fps, max_people=args.max_people,
+                               boxes=args.box or None, intrinsics=args.intrinsics, upload=True)
+        client.send_clip_data(rid, lambda sent, total: print(
+            f"uploading the clip: {sent / 1e6:.0f} of {total / 1e6:.0f} MB", file=sys.stderr, flush=True))
+        result = client.wait_for(rid, "result", _print_progress).arrays
+        rig = client.rig()
+    check_clip(result)
+    save(out, with_rig_arrays(result, rig))
+    print(f"wrote {out}: {n_frames} frames, {len(result['track_ids'])} track(s), "
           f"{len(result['failed_frames'])} frame(s) skipped", file=sys.stderr)
     return 0
