@@ -32,6 +32,7 @@ from addon.protocol.clip_result import KIND
 from addon.protocol.clip_rows import RowAssembler
 
 from ..errors import BAD_INPUT, CANCELLED, ServerError
+from .prefetch import prefetch
 from .source import FrameSource
 
 log = logging.getLogger("server.video")
@@ -57,6 +58,9 @@ RowSink = Callable[[int, Mapping[str, np.ndarray], int | None], None]
 # either way) and each batched frame costs ~0.3 GB more, so CPUs go one frame at a time.
 GPU_BATCH_FRAMES = 8
 CPU_BATCH_FRAMES = 1
+# Frames decoded ahead of the model (server/video/prefetch.py), in batches: 2 keeps the next
+# batch ready while one runs (8 1080p frames are 50 MB).
+PREFETCH_BATCHES = 2
 
 
 def default_batch_frames(device: Any) -> int:
@@ -213,17 +217,23 @@ class ClipJob:
                 finished(number, None)
             pending.clear()
 
-        for k, (number, image) in enumerate(self.source):
+        first = True  # the first frame that decoded gets the request's boxes
+        for number, image in prefetch(self.source, PREFETCH_BATCHES * self.batch_frames):
             if self.cancelled():
                 raise ServerError(CANCELLED, "The clip reconstruction was cancelled.")
-            boxes = self._boxes_for(number, k == 0, has_detector)
-            if self._batchable(number, k == 0, has_detector):
+            if isinstance(image, ServerError):
+                finished(number, image)
+                continue
+            boxes = self._boxes_for(number, first, has_detector)
+            if self._batchable(number, first, has_detector):
                 pending.append((number, image, boxes))
+                first = False
                 if len(pending) >= self.batch_frames:
                     flush()
                 continue
             flush()  # this frame's boxes come from the frames before it
-            boxes = self._boxes_for(number, k == 0, has_detector)
+            boxes = self._boxes_for(number, first, has_detector)
+            first = False
             try:
                 self._frame(number, image, boxes)
                 finished(number, None)
@@ -267,7 +277,7 @@ class ClipJob:
         result["fps"] = np.array(self.source.fps, dtype=np.float64)
         result["frames"] = np.asarray(self.source.frame_numbers, dtype=np.int32)
         result["source_path"] = np.array(self.source.path)
-        result["failed_frames"] = np.asarray([f for f, _ in self.failed], dtype=np.int32)
+        result["failed_frames"] = np.asarray(sorted(f for f, _ in self.failed), dtype=np.int32)
         return result
 
     def _send_locked(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:

@@ -32,17 +32,23 @@ class FrameSource:
     def __len__(self) -> int:
         return len(self.frame_numbers)
 
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray | ServerError]]:
+        """(frame number, RGB uint8) per frame; an image file that cannot be read gives its
+        ServerError in place of the pixels."""
         if self._files:
             yield from self._iter_images()
         else:
             yield from self._iter_movie()
 
-    def _iter_images(self) -> Iterator[tuple[int, np.ndarray]]:
+    def _iter_images(self) -> Iterator[tuple[int, np.ndarray | ServerError]]:
         from ..imageio import load_image
 
         for number in self.frame_numbers:
-            image = load_image(str(self._files[number]))
+            try:
+                image = load_image(str(self._files[number]))
+            except ServerError as exc:  # one unreadable file is one skipped frame, not a failed clip
+                yield number, ServerError(exc.code, f"{self._files[number].name}: {exc.message}")
+                continue
             rgb = image[0] if isinstance(image, tuple) else image
             yield number, np.ascontiguousarray(rgb)
 

@@ -132,6 +132,21 @@ def test_a_failed_frame_is_skipped_not_the_clip(panned, tiny_engine) -> None:
     assert f"frame {len(boxes)}/{len(boxes)}" in " ".join(seen)
 
 
+def test_an_unreadable_image_in_a_folder_is_one_skipped_frame(parity_dir: Path, tiny_engine, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from server.video.clip import ClipJob, ClipRequest
+    from server.video.source import open_clip
+
+    frames, boxes = panned_clip(parity_dir / "images", n_frames=4)
+    for k, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / f"f{k}.png")
+    (tmp_path / "f2.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    clip = check_clip(ClipJob(tiny_engine, open_clip(tmp_path),
+                              ClipRequest(mode="body", frame_boxes=dict(enumerate(boxes)))).run())
+    assert clip["failed_frames"].tolist() == [2] and clip["frame"].tolist() == [0, 1, 3]
+
+
 def test_cancel_stops_at_the_next_frame(panned, tiny_engine) -> None:
     from server.video.clip import ClipJob, ClipRequest
     from server.video.source import open_clip
