@@ -218,28 +218,34 @@ class ClipJob:
             pending.clear()
 
         first = True  # the first frame that decoded gets the request's boxes
-        for number, image in prefetch(self.source, PREFETCH_BATCHES * self.batch_frames):
-            if self.cancelled():
-                raise ServerError(CANCELLED, "The clip reconstruction was cancelled.")
-            if isinstance(image, ServerError):
-                finished(number, image)
-                continue
-            boxes = self._boxes_for(number, first, has_detector)
-            if self._batchable(number, first, has_detector):
-                pending.append((number, image, boxes))
+        # Closed on every way out, so a cancel or failure stops the reader (and releases the
+        # movie) at once rather than when the traceback is collected.
+        frames = prefetch(self.source, PREFETCH_BATCHES * self.batch_frames)
+        try:
+            for number, image in frames:
+                if self.cancelled():
+                    raise ServerError(CANCELLED, "The clip reconstruction was cancelled.")
+                if isinstance(image, ServerError):
+                    finished(number, image)
+                    continue
+                boxes = self._boxes_for(number, first, has_detector)
+                if self._batchable(number, first, has_detector):
+                    pending.append((number, image, boxes))
+                    first = False
+                    if len(pending) >= self.batch_frames:
+                        flush()
+                    continue
+                flush()  # this frame's boxes come from the frames before it
+                boxes = self._boxes_for(number, first, has_detector)
                 first = False
-                if len(pending) >= self.batch_frames:
-                    flush()
-                continue
-            flush()  # this frame's boxes come from the frames before it
-            boxes = self._boxes_for(number, first, has_detector)
-            first = False
-            try:
-                self._frame(number, image, boxes)
-                finished(number, None)
-            except ServerError as exc:
-                finished(number, exc)
-        flush()
+                try:
+                    self._frame(number, image, boxes)
+                    finished(number, None)
+                except ServerError as exc:
+                    finished(number, exc)
+            flush()
+        finally:
+            frames.close()
         if done == 0:
             reasons = "; ".join(sorted({m for _, m in self.failed}))[:300]
             raise ServerError(BAD_INPUT, f"no frame of the clip could be reconstructed ({reasons})")

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterable, Iterator, TypeVar
+from typing import Generator, Iterable, TypeVar
 
 T = TypeVar("T")
 
 _ITEM, _DONE, _ERROR = range(3)
 
 
-def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
     """`items` in order, read ahead by up to `depth` on a thread (depth < 1: no thread)."""
     if depth < 1:
         yield from items

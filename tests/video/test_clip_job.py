@@ -158,6 +158,9 @@ def test_cancel_stops_at_the_next_frame(panned, tiny_engine) -> None:
     with pytest.raises(ServerError) as err:
         job.run()
     assert err.value.code == CANCELLED and engine.calls == 2
+    import threading
+
+    assert not [t for t in threading.enumerate() if t.name == "clip-frames"]  # the reader stopped with it
 
 
 def test_frame_range_and_image_folders(panned, tmp_path: Path) -> None:
