@@ -426,7 +426,8 @@ class InferenceService:
         except Exception as exc:
             self._end_upload(connection, job)
             code, text = _describe(exc)
-            connection.error(job.id, code, text)
+            # Name the client's clip, not our temporary copy of it.
+            connection.error(job.id, code, text.replace(str(job.upload.path), str(job.fields.get("clip_path"))))
             return
         self._enqueue(connection, job)
 
