@@ -636,10 +636,17 @@ def clip_request(fields: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) ->
                        int(fields.get("step", 1)), fields.get("fps"))
     boxes = arrays.get("boxes")
     intrinsics = fields.get("intrinsics")
+    frame_boxes = None
+    if "track_box_frames" in arrays:
+        numbers = np.asarray(arrays["track_box_frames"], np.int64)
+        rows = np.asarray(arrays["track_boxes"], np.float32)
+        frame_boxes = {int(n): rows[numbers == n] for n in np.unique(numbers)}
     return source, ClipRequest(mode=str(fields.get("mode", "body")),
                                boxes=None if boxes is None else np.asarray(boxes, np.float32),
+                               frame_boxes=frame_boxes,
                                intrinsics=tuple(intrinsics) if intrinsics else None,
-                               max_people=fields.get("max_people"))
+                               max_people=fields.get("max_people"),
+                               batch_frames=fields.get("batch_frames"))
 
 
 def _result_arrays(mapping: Mapping[str, Any]) -> dict[str, np.ndarray]:

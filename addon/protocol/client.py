@@ -251,14 +251,16 @@ class Client:
                   stop: int | None = None, step: int = 1, fps: float | None = None,
                   max_people: int | None = None, boxes: Any = None,
                   intrinsics: Sequence[float] | None = None, request_id: int | None = None,
-                  upload: bool = False) -> int:
+                  upload: bool = False, frame_boxes: Mapping[int, Any] | None = None,
+                  batch_frames: int | None = None) -> int:
         """Send a clip request (a movie file or image folder on the server's disk); the server
         answers with per-frame progress and one clip result (addon/protocol/clip_result.py).
         With `upload` the clip is on this machine: its files are announced here and their bytes
-        go with `send_clip_data` (a server on another machine)."""
+        go with `send_clip_data` (a server on another machine). `frame_boxes`: source frame
+        number -> (N, 4) boxes from another tracker."""
         fields: dict[str, Any] = {"clip_path": os.fspath(clip_path), "mode": mode, "start": int(start),
                                   "step": int(step)}
-        for name, value in (("stop", stop), ("max_people", max_people)):
+        for name, value in (("stop", stop), ("max_people", max_people), ("batch_frames", batch_frames)):
             if value is not None:
                 fields[name] = int(value)
         if fps is not None:
@@ -268,6 +270,10 @@ class Client:
         arrays: dict[str, Any] = {}
         if boxes is not None:
             arrays["boxes"] = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        if frame_boxes:
+            per_frame = [(int(n), np.asarray(b, np.float32).reshape(-1, 4)) for n, b in sorted(frame_boxes.items())]
+            arrays["track_box_frames"] = np.concatenate([np.full(len(b), n, np.int64) for n, b in per_frame])
+            arrays["track_boxes"] = np.concatenate([b for _, b in per_frame])
         rid = self.next_id() if request_id is None else request_id
         if upload:
             files = clip_files(clip_path)

@@ -219,6 +219,20 @@ def _check_reconstruct(message: Message) -> str | None:
     return None
 
 
+def _check_clip(message: Message) -> str | None:
+    frames, boxes = message.arrays.get("track_box_frames"), message.arrays.get("track_boxes")
+    if (frames is None) != (boxes is None):
+        return "'track_box_frames' and 'track_boxes' go together"
+    if frames is not None and boxes is not None:
+        if len(frames) != len(boxes):
+            return "'track_box_frames' needs one frame number per row of 'track_boxes'"
+        if (frames < 0).any() or not np.isfinite(boxes).all() or (boxes[:, 2:] <= boxes[:, :2]).any():
+            return "'track_boxes' need frame numbers >= 0 and finite boxes with x1 < x2, y1 < y2"
+    if message.fields.get("batch_frames") == 0:
+        return "'batch_frames' must be at least 1"
+    return None
+
+
 def _check_rows_part(message: Message) -> str | None:
     lengths = {name: array.shape[0] if array.ndim else -1 for name, array in message.arrays.items()}
     if not lengths or min(lengths.values()) < 1 or len(set(lengths.values())) != 1:
@@ -258,9 +272,13 @@ SCHEMAS: dict[str, Schema] = {
         optional={
             "mode": _check_mode, "start": _check_count, "stop": _check_count, "step": _check_count,
             "fps": _check_positive, "max_people": _check_count, "intrinsics": _check_intrinsics,
-            "upload": _check_dict,
+            "upload": _check_dict, "batch_frames": _check_count,
         },
-        arrays={"boxes": ArraySpec(_FLOATS | {"i4", "i8"}, (None, 4))},
+        # Boxes per frame from another tracker: row k is a box on source frame track_box_frames[k].
+        arrays={"boxes": ArraySpec(_FLOATS | {"i4", "i8"}, (None, 4)),
+                "track_box_frames": ArraySpec(frozenset({"i4", "i8"}), (None,)),
+                "track_boxes": ArraySpec(_FLOATS, (None, 4))},
+        check=_check_clip,
     ),
     # The next bytes of file number `file` of an uploaded clip (the `clip` request's id).
     "clip_data": Schema(

@@ -70,11 +70,6 @@ def cmd_reconstruct_clip(args: argparse.Namespace, make: Callable[[], Any],
     from .clip import ClipJob, ClipRequest
     from .source import open_clip
 
-    if remote:
-        for flag in ("track_boxes", "batch_frames"):
-            if getattr(args, flag) is not None:
-                raise usage(f"--{flag.replace('_', '-')} is not sent to a server: drop it, or run the "
-                            "clip on the machine with the model")
     for flag in ("mask", "prompt"):
         if getattr(args, flag):
             raise usage(f"--{flag} applies to photos, not to clips")
@@ -89,7 +84,7 @@ def cmd_reconstruct_clip(args: argparse.Namespace, make: Callable[[], Any],
         raise usage(str(exc)) from exc
     source = open_clip(args.image, args.start, args.stop, args.step, args.fps)  # before the model load
     if remote:
-        return _reconstruct_remote_clip(args, make(), out, save, len(source))
+        return _reconstruct_remote_clip(args, make(), out, save, len(source), frame_boxes)
     request = ClipRequest(mode=args.mode, intrinsics=tuple(args.intrinsics) if args.intrinsics else None,
                           boxes=np.asarray(args.box, dtype=np.float32).reshape(-1, 4) if args.box else None,
                           frame_boxes=frame_boxes, max_people=args.max_people,
@@ -104,13 +99,15 @@ def cmd_reconstruct_clip(args: argparse.Namespace, make: Callable[[], Any],
 
 
 def _reconstruct_remote_clip(args: argparse.Namespace, client: Any, out: Path,
-                             save: Callable[[Path, dict[str, Any]], None], n_frames: int) -> int:
+                             save: Callable[[Path, dict[str, Any]], None], n_frames: int,
+                             frame_boxes: dict[int, np.ndarray] | None) -> int:
     from addon.protocol.result_file import with_rig_arrays
 
     with client:
         rid = client.send_clip(clip_path=os.path.abspath(args.image), mode=args.mode, start=args.start,
                                stop=args.stop, step=args.step, fps=args.fps, max_people=args.max_people,
-                               boxes=args.box or None, intrinsics=args.intrinsics, upload=True)
+                               boxes=args.box or None, intrinsics=args.intrinsics, upload=True,
+                               frame_boxes=frame_boxes, batch_frames=args.batch_frames)
         client.send_clip_data(rid, lambda sent, total: print(
             f"uploading the clip: {sent / 1e6:.0f} of {total / 1e6:.0f} MB", file=sys.stderr, flush=True))
         result = client.wait_for(rid, "result", _print_progress).arrays

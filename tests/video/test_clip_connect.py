@@ -2,6 +2,7 @@
 server and the file written is the one a local run writes (but for the upload's own name)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,10 +28,13 @@ def test_a_clip_through_a_running_server_writes_the_local_file(parity_dir: Path,
     from addon.protocol.client import ServerProcess
 
     checkpoint = str(parity_dir / "checkpoints" / "dinov3_tiny")
-    frames, _ = panned_clip(parity_dir / "images", n_frames=4)
+    frames, boxes = panned_clip(parity_dir / "images", n_frames=4)
     movie = write_movie(tmp_path / "walk.mp4", frames)
+    tracked = tmp_path / "boxes.json"
+    tracked.write_text(json.dumps({str(t): b.tolist() for t, b in enumerate(boxes) if t != 1}))
     box = ",".join(f"{v:g}" for v in ASTRONAUT_BOX)
-    request = [str(movie), "--mode", "body", "--box", box, "--step", "1"]
+    # Frames 0, 2, 3 have the tracker's boxes (batched in pairs), frame 1 the first frame's box.
+    request = [str(movie), "--mode", "body", "--box", box, "--track-boxes", str(tracked), "--batch-frames", "2"]
     server = ServerProcess(sys.executable, root=ROOT, checkpoint=checkpoint, device="cpu", ready_timeout=120,
                            extra_args=["--detector", "none"])
     server.start()
@@ -39,9 +43,6 @@ def test_a_clip_through_a_running_server_writes_the_local_file(parity_dir: Path,
                       token=server.token)
         assert remote.returncode == 0, remote.stderr
         assert "uploading the clip" in remote.stderr and "frame 4/4" in remote.stderr
-        refused = _cli(*request, "--out", str(tmp_path / "x.npz"), "--batch-frames", "2", "--connect",
-                       f"127.0.0.1:{server.port}", token=server.token)
-        assert refused.returncode == 2 and "--batch-frames is not sent to a server" in refused.stderr
     finally:
         server.stop()
     local = _cli(*request, "--out", str(tmp_path / "local.npz"), "--checkpoint", checkpoint, "--device", "cpu",
@@ -52,3 +53,4 @@ def test_a_clip_through_a_running_server_writes_the_local_file(parity_dir: Path,
         for name in a.files:
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
         assert str(a["source_path"]) == str(movie)
+        np.testing.assert_allclose(a["bbox"][a["frame"] == 2][0], boxes[2][0], atol=0.5)  # the tracker's box

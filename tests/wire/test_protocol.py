@@ -110,6 +110,8 @@ MESSAGES = [
                   "fps": 29.97, "max_people": 2}, {"boxes": np.array([[0, 0, 5, 3]], np.float32)}),
     ("clip", 12, {"clip_path": "walk.mp4", "upload": {"files": ["walk.mp4"], "sizes": [10]}}, {}),
     ("clip_data", 12, {"file": 0}, {"data": np.arange(10, dtype=np.uint8)}),
+    ("clip", 13, {"clip_path": "walk.mp4", "batch_frames": 4},
+     {"track_box_frames": np.array([0, 0, 3]), "track_boxes": np.array([[0, 0, 5, 5], [1, 1, 4, 9], [2, 2, 8, 8.5]])}),
     ("progress", 6, {"fraction": 0.25, "message": "backbone"}, {}),
     ("progress", 6, {"fraction": 1}, {}),
     ("clip_rows", 11, {"start": 0}, {"frame": np.arange(3, dtype=np.int32),
@@ -181,6 +183,14 @@ def test_all_message_types_are_covered():
     ("clip_data", 1, {"file": 0}, {"data": np.zeros(3, np.float32)}, "dtype f4"),
     ("clip_data", 1, {}, {"data": np.zeros(3, np.uint8)}, "missing field 'file'"),
     ("clip", 1, {"clip_path": "a", "upload": []}, {}, "JSON object"),
+    ("clip", 1, {"clip_path": "a"}, {"track_boxes": np.zeros((1, 4))}, "go together"),
+    ("clip", 1, {"clip_path": "a"}, {"track_box_frames": np.zeros(2, np.int32),
+                                     "track_boxes": np.array([[0, 0, 1, 1.0]])}, "one frame number per row"),
+    ("clip", 1, {"clip_path": "a"}, {"track_box_frames": np.zeros(1, np.int32),
+                                     "track_boxes": np.array([[5, 0, 1, 1.0]])}, "x1 < x2"),
+    ("clip", 1, {"clip_path": "a"}, {"track_box_frames": np.array([-1]),
+                                     "track_boxes": np.array([[0, 0, 1, 1.0]])}, "frame numbers >= 0"),
+    ("clip", 1, {"clip_path": "a", "batch_frames": 0}, {}, "at least 1"),
 ])
 def test_schema_violations_are_refused_when_encoding(type, id, fields, arrays, needle):
     with pytest.raises(wire.BadSchema) as info:
