@@ -261,6 +261,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"video      {clip['frames']:.0f} frames x {args.persons} person(s) = {clip['person_frames']:.0f} "
               f"person-frames, {clip['tracks']:.0f} track(s) in {clip['seconds']:.2f} s: "
               f"{clip['person_frames_per_s']:.2f} person-frames/s ({clip['batch_frames']:.0f} frame(s) per pass)")
+        if clip["host_reads_per_pass"] == clip["host_reads_per_pass"]:  # not NaN: body mode
+            print(f"host reads {clip['host_reads_per_pass']:.0f} in one model pass of "
+                  f"{clip['batch_frames']:.0f} frame(s): the GPU waits on each; fixed, whatever the frames and people")
         print(f"peak memory  {peak_memory_text(engine.device)}")
         return 0
     result = run_bench(engine, image, boxes, args.mode, args.repeat)

@@ -52,6 +52,7 @@ def run_video_bench(engine: Any, image: np.ndarray, boxes: np.ndarray, mode: str
     batch = default_batch_frames(engine.device) if batch_frames is None else batch_frames
     warm, warm_boxes = synthetic_clip(image, boxes, min(batch, n_frames))
     ClipJob(engine, warm, ClipRequest(mode=mode, frame_boxes=warm_boxes, batch_frames=batch)).run()
+    reads = _reads_per_pass(engine, warm, warm_boxes) if mode == "body" else float("nan")
     clip, frame_boxes = synthetic_clip(image, boxes, n_frames)
     t0 = time.perf_counter()
     result = ClipJob(engine, clip, ClipRequest(mode=mode, frame_boxes=frame_boxes, batch_frames=batch)).run()
@@ -59,4 +60,16 @@ def run_video_bench(engine: Any, image: np.ndarray, boxes: np.ndarray, mode: str
     person_frames = len(result["frame"])
     return {"frames": float(n_frames), "person_frames": float(person_frames), "seconds": seconds,
             "person_frames_per_s": person_frames / seconds, "tracks": float(len(result["track_ids"])),
-            "batch_frames": float(batch)}
+            "batch_frames": float(batch), "host_reads_per_pass": reads}
+
+
+def _reads_per_pass(engine: Any, clip: MemoryClip, frame_boxes: dict[int, np.ndarray]) -> float:
+    """Device -> host reads in one batched pass of the warm-up frames (server/host_syncs.py):
+    the GPU waits on each, so the number must not grow with the frames of a pass."""
+    from ..engine import ReconstructRequest
+    from ..host_syncs import HostSyncCounter
+
+    requests = [ReconstructRequest(image=f, boxes=frame_boxes[t], mode="body") for t, f in clip]
+    with HostSyncCounter(engine.device) as syncs:
+        engine.reconstruct_frames(requests)
+    return float(syncs.total)
