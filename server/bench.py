@@ -224,6 +224,7 @@ def format_report(engine: Any, args: argparse.Namespace, result: dict[str, Any])
         f"device     {engine.device}  precision {engine.info.get('precision')} (backbone {engine.info.get('dtype')})"
         f"  MHR {engine.info.get('mhr_backend', 'torchscript')}",
         *([f"cpu        {engine.info['cpu_bf16']}"] if "cpu_bf16" in engine.info else []),
+        *([f"crop warp  {engine.info['crop_warp']}"] if "crop_warp" in engine.info else []),
         f"mode       {args.mode}, {args.persons} person(s), median of {args.repeat} warm run(s)",
         f"{'stage':<16}{'seconds':>10}{'calls':>7}",
     ]
@@ -258,6 +259,8 @@ def main(args: argparse.Namespace) -> int:
         clip = run_video_bench(engine, image, boxes, args.mode, args.video, args.batch_frames)
         print(f"model      {engine.info['model']} ({engine.info['variant']}), device {engine.device}, "
               f"precision {engine.info.get('precision')}, mode {args.mode}")
+        if "crop_warp" in engine.info:
+            print(f"crop warp  {engine.info['crop_warp']}")
         print(f"video      {clip['frames']:.0f} frames x {args.persons} person(s) = {clip['person_frames']:.0f} "
               f"person-frames, {clip['tracks']:.0f} track(s) in {clip['seconds']:.2f} s: "
               f"{clip['person_frames_per_s']:.2f} person-frames/s ({clip['batch_frames']:.0f} frame(s) per pass)")

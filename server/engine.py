@@ -388,8 +388,14 @@ def load_engine(checkpoint: str | None = None, repo: str | None = None, mhr: str
     log.info("model %s loaded (weights from the %s) on %s in %.2f s (precision %s)", files.source, origin, dev,
              time.perf_counter() - t0, dtypes)
     engine = Engine(model, cfg, files, dev, detector=detector or None)
+    from .pipeline.crop import warp_kernel
+
     engine.info.update(precision=precision, dtype=dtypes["backbone"], mhr_backend=mhr_backend,
-                       weights_from=origin)
+                       weights_from=origin, crop_warp=warp_kernel())
+    if dev.type != "cpu" and not warp_kernel().startswith("OpenCV"):
+        # On an accelerator the crops are a real share of a clip's time (at 150 person-frames/s
+        # the budget is 7 ms per person-frame).
+        log.warning("person crops use the %s", warp_kernel())
     if dev.type == "cpu":
         from .cpu_features import describe
 

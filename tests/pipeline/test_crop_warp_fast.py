@@ -204,3 +204,10 @@ def test_non_uint8_images_are_refused() -> None:
         crop.warp_to_crop(np.zeros((10, 10), np.uint16), warp, 16)
     mask = np.random.default_rng(7).random((12, 9)) < 0.5  # bool masks stay supported
     assert np.array_equal(crop.warp_to_crop(mask, warp, 16), _reference_warp(mask, warp, 16))
+
+
+def test_the_server_says_which_warp_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crop, "_CV2_IS_V5", True)
+    assert crop.warp_kernel().startswith("OpenCV ")
+    monkeypatch.setattr(crop, "_CV2_IS_V5", False)
+    assert crop.warp_kernel().startswith("exact numpy warp") and "numpy 2" in crop.warp_kernel()
