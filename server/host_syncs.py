@@ -25,6 +25,7 @@ _READS: frozenset[Callable[..., Any]] = frozenset({
     torch.Tensor.masked_select, torch.masked_select, torch.Tensor.any, torch.Tensor.all,
 })
 _ROOT = Path(__file__).resolve().parent.parent  # call sites are named relative to the project
+_OWN = ("server", "addon", "tests", "scripts")  # not a .venv inside the project
 
 
 def _to_host(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -39,7 +40,7 @@ def _site() -> str:
     """The innermost frame of the project that made the call (not torch's own)."""
     for frame in reversed(traceback.extract_stack()[:-2]):
         path = Path(frame.filename).resolve()
-        if _ROOT in path.parents and "torch" not in path.parts:
+        if _ROOT in path.parents and path.relative_to(_ROOT).parts[0] in _OWN:
             return f"{path.relative_to(_ROOT)}:{frame.lineno}"
     return "<outside the project>"
 
