@@ -50,7 +50,8 @@ class FrameSource:
                 yield number, ServerError(exc.code, f"{self._files[number].name}: {exc.message}")
                 continue
             rgb = image[0] if isinstance(image, tuple) else image
-            yield number, np.ascontiguousarray(rgb)
+            mismatch = _size_mismatch(self._files[number].name, rgb, self.size)
+            yield number, mismatch if mismatch is not None else np.ascontiguousarray(rgb)
 
     def _iter_movie(self) -> Iterator[tuple[int, np.ndarray]]:
         import cv2
@@ -65,9 +66,38 @@ class FrameSource:
                 if number in wanted:
                     ok, bgr = cap.retrieve()
                     if ok and bgr is not None:
-                        yield number, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                        mismatch = _size_mismatch(f"frame {number}", bgr, self.size)
+                        yield number, mismatch if mismatch is not None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         finally:
             cap.release()
+
+
+def _size_mismatch(name: str, pixels: np.ndarray, size: tuple[int, int]) -> ServerError | None:
+    """A frame of another size than the clip's is skipped: the clip has one camera, and its
+    boxes and intrinsics are in the first frame's pixels."""
+    height, width = pixels.shape[:2]
+    if (width, height) == tuple(size):
+        return None
+    return ServerError(BAD_INPUT, f"{name} is {width}x{height} but the clip's frames are "
+                       f"{size[0]}x{size[1]}: every frame of a clip needs the same size")
+
+
+def _first_size(files: list[Path], numbers: list[int], path: str) -> tuple[int, int]:
+    """(width, height) of the first selected image that can be read: one unreadable file is a
+    skipped frame, not a failed clip."""
+    from ..imageio import load_image
+
+    first_error: ServerError | None = None
+    for number in numbers:
+        try:
+            image = load_image(str(files[number]))
+        except ServerError as exc:
+            first_error = first_error or exc
+            continue
+        rgb = image[0] if isinstance(image, tuple) else image
+        return int(rgb.shape[1]), int(rgb.shape[0])
+    reason = f" ({files[numbers[0]].name}: {first_error.message})" if first_error else ""
+    raise ServerError(BAD_INPUT, f"no image of the folder {path} could be read{reason}")
 
 
 def _natural_key(path: Path) -> list:
@@ -96,13 +126,9 @@ def open_clip(path: str | os.PathLike, start: int = 0, stop: int | None = None, 
                        key=_natural_key)
         if not files:
             raise ServerError(BAD_INPUT, f"the folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        from ..imageio import load_image
-
-        first = load_image(str(files[0]))
-        rgb = first[0] if isinstance(first, tuple) else first
         numbers = _frame_numbers(len(files), start, stop, step, path)
         return FrameSource(path, float(fps or DEFAULT_SEQUENCE_FPS), numbers,
-                           (int(rgb.shape[1]), int(rgb.shape[0])), files)
+                           _first_size(files, numbers, path), files)
     if not os.path.isfile(path):
         raise ServerError(BAD_INPUT, f"clip not found: {path}")
     if os.path.splitext(path)[1].lower() not in VIDEO_SUFFIXES:
@@ -118,13 +144,13 @@ def open_clip(path: str | os.PathLike, start: int = 0, stop: int | None = None, 
                               "or export an image sequence")
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         rate = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
-        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
-        if count <= 0 or width <= 0 or height <= 0:
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                raise ServerError(BAD_INPUT, f"the movie {path} has no readable frame")
-            height, width = frame.shape[:2]
+        # The size of a decoded frame, not the container's: a phone clip's rotation metadata
+        # turns the frames, and the container may give the size before the turn.
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise ServerError(BAD_INPUT, f"the movie {path} has no readable frame")
+        height, width = frame.shape[:2]
+        if count <= 0:
             count = 1
             while cap.grab():  # the container does not say its length: count the frames
                 count += 1

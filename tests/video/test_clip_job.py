@@ -147,6 +147,42 @@ def test_an_unreadable_image_in_a_folder_is_one_skipped_frame(parity_dir: Path, 
     assert clip["failed_frames"].tolist() == [2] and clip["frame"].tolist() == [0, 1, 3]
 
 
+def test_an_image_of_another_size_in_a_folder_is_one_skipped_frame(parity_dir: Path, tiny_engine,
+                                                                  tmp_path: Path) -> None:
+    from PIL import Image
+
+    from server.video.clip import ClipJob, ClipRequest
+    from server.video.source import open_clip
+
+    frames, boxes = panned_clip(parity_dir / "images", n_frames=4)
+    for k, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / f"f{k}.png")
+    Image.fromarray(frames[1][:400, :300]).save(tmp_path / "f1.png")  # a stray crop among the frames
+    job = ClipJob(tiny_engine, open_clip(tmp_path), ClipRequest(mode="body", frame_boxes=dict(enumerate(boxes))))
+    clip = check_clip(job.run())
+    warnings = [message for _, message in job.failed]
+    assert clip["failed_frames"].tolist() == [1] and clip["frame"].tolist() == [0, 2, 3]
+    assert warnings == ["f1.png is 300x400 but the clip's frames are 512x512: every frame of a clip needs "
+                        "the same size"]
+
+
+def test_a_folder_whose_first_image_is_unreadable_takes_the_next_ones_size(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from server.video.source import open_clip
+
+    (tmp_path / "a0.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    Image.new("RGB", (64, 48)).save(tmp_path / "a1.png")
+    source = open_clip(tmp_path)
+    assert source.size == (64, 48)
+    got = list(source)
+    assert isinstance(got[0][1], ServerError) and "a0.png" in got[0][1].message
+    assert got[1][1].shape == (48, 64, 3)
+    (tmp_path / "a1.png").write_bytes(b"not an image either")
+    with pytest.raises(ServerError, match="no image of the folder .* could be read .*a0.png"):
+        open_clip(tmp_path)
+
+
 def test_cancel_stops_at_the_next_frame(panned, tiny_engine) -> None:
     from server.video.clip import ClipJob, ClipRequest
     from server.video.source import open_clip
