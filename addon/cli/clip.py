@@ -40,11 +40,14 @@ def is_clip_argv(argv: Sequence[str]) -> bool:
 
 
 def add_clip_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--start", type=int, default=0, metavar="N", help="first frame (0-based)")
-    parser.add_argument("--stop", type=int, metavar="N", help="stop before this frame")
-    parser.add_argument("--step", type=int, default=1, metavar="N", help="every N-th frame")
-    parser.add_argument("--fps", type=float, help="frame rate (default: the movie's; 24 for images)")
-    parser.add_argument("--max-people", type=int, metavar="N", help="track at most N people")
+    parser.add_argument("--start", type=cli_args.int_at_least(0), default=0, metavar="N",
+                        help="first frame (0-based)")
+    parser.add_argument("--stop", type=cli_args.int_at_least(1), metavar="N", help="stop before this frame")
+    parser.add_argument("--step", type=cli_args.int_at_least(1), default=1, metavar="N", help="every N-th frame")
+    parser.add_argument("--fps", type=cli_args.positive_float,
+                        help="frame rate (default: the movie's; 24 for images)")
+    parser.add_argument("--max-people", type=cli_args.int_at_least(1), metavar="N",
+                        help="track at most N people")
     parser.add_argument("--box", type=cli_args.box, action="append", default=[], metavar="x1,y1,x2,y2",
                         help="person box on the first frame (repeat for several people)")
     parser.add_argument("--track-boxes", metavar="BOXES.json",
@@ -146,8 +149,8 @@ def main(argv: Sequence[str]) -> int:
                               "frames (an image sequence), or a folder of photos with --out-dir OUT (a batch)")
     if args.checkpoint and not os.path.isdir(args.checkpoint):
         problem = problem or f"--checkpoint folder not found: {args.checkpoint}"
-    if args.smoothing < 0:
-        problem = problem or "--smoothing must be 0 or positive"
+    if args.stop is not None and args.stop <= args.start:
+        problem = problem or f"--stop {args.stop} must come after --start {args.start}"
     if problem:
         print(f"{parser.prog}: error: {problem}", file=sys.stderr)
         return 2

@@ -6,10 +6,12 @@ import argparse
 import sys
 from typing import Any
 
+from ..protocol import cli_args
+
 
 def add_motion_options(parser: argparse.ArgumentParser) -> None:
     """How the per-frame poses become the animation (also for --from-result of a clip)."""
-    parser.add_argument("--smoothing", type=float, default=2.0, metavar="SIGMA",
+    parser.add_argument("--smoothing", type=cli_args.non_negative_float, default=2.0, metavar="SIGMA",
                         help="zero-lag smoothing strength in frames (default 2; 0 = raw per-frame poses)")
     parser.add_argument("--no-foot-lock", action="store_true",
                         help="do not pin the feet while they touch the ground")

@@ -1,5 +1,5 @@
 """Argument types shared by `python -m addon.cli` and `python -m server` (stdlib only: the
-server imports it as `addon.cli_args`, like `addon.wire`)."""
+server imports it as `addon.protocol.cli_args`, like the wire format)."""
 from __future__ import annotations
 
 import argparse
@@ -44,3 +44,42 @@ def prompt(text: str) -> tuple[float, float, int]:
     if not float(label).is_integer():
         raise argparse.ArgumentTypeError(f"--prompt {text!r}: the label must be an integer")
     return x, y, int(label)
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `low` (frame numbers, steps, counts)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"needs a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"needs a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (a frame rate)."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0 (a smoothing strength; 0 turns it off)."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value

@@ -43,8 +43,8 @@ def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     from .apply import merged_options
 
     opts = merged_options(DEFAULT_CLIP_OPTIONS, options, "clip")
-    if float(opts["smoothing"]) < 0:
-        raise ValueError("smoothing must be 0 (off) or positive")
+    if not float(opts["smoothing"]) >= 0:  # NaN too
+        raise ValueError(f"smoothing must be 0 (off) or positive, not {opts['smoothing']!r}")
     return opts
 
 

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from addon.protocol import cli_args
 from addon.protocol.clip_result import check_clip, is_video_file
 
 
@@ -20,16 +21,19 @@ def is_clip_input(path: str) -> bool:
 
 def add_clip_args(rec: argparse.ArgumentParser) -> None:
     clip = rec.add_argument_group("clips (a movie file or a folder of numbered images as IMAGE)")
-    clip.add_argument("--start", type=int, default=0, metavar="N", help="first frame (0-based, default 0)")
-    clip.add_argument("--stop", type=int, default=None, metavar="N", help="stop before this frame")
-    clip.add_argument("--step", type=int, default=1, metavar="N", help="every N-th frame (default 1)")
-    clip.add_argument("--fps", type=float, default=None,
+    clip.add_argument("--start", type=cli_args.int_at_least(0), default=0, metavar="N",
+                      help="first frame (0-based, default 0)")
+    clip.add_argument("--stop", type=cli_args.int_at_least(1), default=None, metavar="N",
+                      help="stop before this frame")
+    clip.add_argument("--step", type=cli_args.int_at_least(1), default=1, metavar="N",
+                      help="every N-th frame (default 1)")
+    clip.add_argument("--fps", type=cli_args.positive_float, default=None,
                       help="frame rate (default: the movie's; 24 for an image folder)")
-    clip.add_argument("--max-people", type=int, default=None, metavar="N",
+    clip.add_argument("--max-people", type=cli_args.int_at_least(1), default=None, metavar="N",
                       help="track at most N people (default: everyone found)")
     clip.add_argument("--track-boxes", metavar="BOXES.json",
                       help='boxes per frame from another tracker: {"FRAME": [[x1,y1,x2,y2], ...], ...}')
-    clip.add_argument("--batch-frames", type=int, default=None, metavar="N",
+    clip.add_argument("--batch-frames", type=cli_args.int_at_least(1), default=None, metavar="N",
                       help="body mode: frames per model pass when their boxes are known (from the "
                            "detector or --track-boxes); default 8 on a GPU, 1 on a CPU (no "
                            "faster there); more uses more memory")

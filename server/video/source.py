@@ -121,6 +121,8 @@ def open_clip(path: str | os.PathLike, start: int = 0, stop: int | None = None, 
     """The frames `start, start+step, ...` (< `stop`) of a movie file or an image folder.
     `fps` overrides the container's rate (and names the rate of an image sequence)."""
     path = str(path)
+    if fps is not None and not (np.isfinite(fps) and fps > 0):
+        raise ServerError(BAD_INPUT, f"the frame rate must be a number above 0, not {fps!r}")
     if os.path.isdir(path):
         files = sorted((p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
                        key=_natural_key)

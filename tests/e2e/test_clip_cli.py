@@ -62,6 +62,14 @@ def test_bad_clip_arguments_exit_2(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--blend must end in .blend" in bad.stderr
     neg = _run([str(movie), "--blend", str(tmp_path / "o.blend"), "--smoothing", "-1"], tmp_path)
     assert neg.returncode == 2 and "--smoothing" in neg.stderr
+    # Refused before the server starts, not after a whole clip was reconstructed for nothing.
+    for args, says in ((["--fps", "nan"], "argument --fps: needs a finite number"),
+                       (["--fps", "-3"], "argument --fps: must be greater than 0"),
+                       (["--smoothing", "nan"], "argument --smoothing: needs a finite number"),
+                       (["--step", "0"], "argument --step: must be at least 1"),
+                       (["--start", "5", "--stop", "3"], "--stop 3 must come after --start 5")):
+        refused = _run([str(movie), "--blend", str(tmp_path / "o.blend"), *args], tmp_path)
+        assert refused.returncode == 2 and says in refused.stderr, (args, refused.stderr[-500:])
     broken = _run([str(movie), "--blend", str(tmp_path / "o.blend"), "--device", "cpu",
                    "--checkpoint", str(tmp_path)], tmp_path)
     assert broken.returncode == 1 and "cannot open the movie" in broken.stderr
