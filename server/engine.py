@@ -193,9 +193,20 @@ class Engine:
                            cancelled: Callable[[], bool] = lambda: False
                            ) -> list[dict[str, np.ndarray] | ServerError]:
         """Body mode for several images of one size in one model pass (server/frame_batch.py)."""
-        from .frame_batch import reconstruct_frames
+        return self.run_prepared(self.prepare_frames(requests), cancelled)
 
-        return reconstruct_frames(self, requests, cancelled)
+    def prepare_frames(self, requests: Sequence[ReconstructRequest]) -> Any:
+        """The host half of `reconstruct_frames` (checks, detection, crops); thread-safe."""
+        from .frame_batch import prepare_frames
+
+        return prepare_frames(self, requests)
+
+    def run_prepared(self, frames: Any, cancelled: Callable[[], bool] = lambda: False
+                     ) -> list[dict[str, np.ndarray] | ServerError]:
+        """The model half of `reconstruct_frames`, on what `prepare_frames` returned."""
+        from .frame_batch import run_prepared
+
+        return run_prepared(self, frames, cancelled)
 
     def _detector(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """The person detector, loaded on first use. If it cannot be loaded (offline and not

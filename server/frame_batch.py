@@ -4,12 +4,17 @@ A clip's frames share their size and camera, and the model treats every person c
 own, so the crops of many frames form one batch: one backbone and decoder pass instead of one
 per frame, and one MHR forward for all of them. Results equal one frame at a time but for float
 rounding (measured in tests/video/test_frame_batch.py).
+
+The work is split in two so that a clip can make the next batch's crops while the model runs
+this one (server/video/clip.py): `prepare_frames` (checks, detection, crops: host work) and
+`run_prepared` (the model pass, under the engine's lock). `reconstruct_frames` does both.
 """
 from __future__ import annotations
 
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -21,6 +26,16 @@ from .profiling import stage
 log = logging.getLogger("server.engine")
 
 
+@dataclass
+class PreparedFrames:
+    """Frames ready for one model pass: per request an early ServerError (bad image or box,
+    nobody found) or, in `prepared`, (index, work image, cam_int, intrinsics source, boxes
+    source, crop batch)."""
+    requests: Sequence[Any]
+    errors: dict[int, ServerError] = field(default_factory=dict)
+    prepared: list[tuple[int, Any, np.ndarray, str, str, Any]] = field(default_factory=list)
+
+
 def reconstruct_frames(engine: Any, requests: Sequence[Any],
                        cancelled: Callable[[], bool] = lambda: False
                        ) -> list[dict[str, np.ndarray] | ServerError]:
@@ -29,61 +44,80 @@ def reconstruct_frames(engine: Any, requests: Sequence[Any],
     Per request: what `Engine.reconstruct` returns, or the ServerError that request alone got
     (a bad image or box, nobody found): one bad frame never fails the others. Running out of
     memory falls back to one image at a time."""
-    from .engine import _downscale, _upscale_outputs
-    from .mhr.rig_data import person_rig_state
-    from .pipeline.crop import concat_batches, prepare_batch
-    from .pipeline.estimator import _stack_outputs, validate_boxes, validate_cam_int
-    from .pipeline.inference import run_inference, to_device
+    return run_prepared(engine, prepare_frames(engine, requests), cancelled)
+
+
+def prepare_frames(engine: Any, requests: Sequence[Any]) -> PreparedFrames:
+    """The host side of a pass: checks, intrinsics, downscale, detection, crops. Safe on
+    another thread while `run_prepared` runs: it takes the engine's lock only around the
+    person detector (a model too)."""
+    from .engine import _downscale
+    from .pipeline.crop import prepare_batch
+    from .pipeline.estimator import validate_boxes, validate_cam_int
     from .pipeline.intrinsics import resolve_intrinsics
 
-    results: list[dict[str, np.ndarray] | ServerError | None] = [None] * len(requests)
-    prepared: list[tuple[int, Any, np.ndarray, str, str, Any]] = []
+    frames = PreparedFrames(requests)
     framed: list[tuple[int, Any, np.ndarray, str, str, np.ndarray]] = []
+    for i, request in enumerate(requests):
+        try:
+            if request.mode != "body" or request.prompts or request.masks is not None:
+                raise ServerError(BAD_INPUT, "frames batch in body mode without prompts or masks")
+            image = request.image
+            if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+                    and image.dtype == np.uint8):
+                raise ServerError(BAD_INPUT, "image must be an RGB uint8 array of shape (H, W, 3)")
+            height, width = image.shape[:2]
+            cam_int, source = resolve_intrinsics(width, height, request.intrinsics,
+                                                 request.exif_focal_35mm)
+            work = _downscale(image, cam_int, request, engine.max_work_side)
+            boxes, boxes_source = work.boxes, "user"
+            if boxes is None and request.detect:
+                with engine._lock, torch.inference_mode():
+                    detect = engine._detector()
+                    if detect is not None:
+                        boxes, boxes_source = np.asarray(detect(work.image), np.float32).reshape(-1, 4), "detector"
+                if boxes is not None and len(boxes) == 0:
+                    raise ServerError(NO_PERSON, "No person was found in the image; draw a box around "
+                                      "the person and try again.")
+            if boxes is None:
+                h, w = work.image.shape[:2]
+                boxes, boxes_source = np.array([[0, 0, w, h]]), "full_image"
+            framed.append((i, work, cam_int, source, boxes_source,
+                           validate_boxes(boxes, *work.image.shape[1::-1])))
+        except ServerError as exc:
+            frames.errors[i] = exc
+
+    def crop(item: tuple[int, Any, np.ndarray, str, str, np.ndarray]) -> Any:
+        try:
+            return prepare_batch(item[1].image, item[5], cam_int=validate_cam_int(item[1].cam_int))
+        except ServerError as exc:
+            return exc
+
+    # Cropping is numpy (it releases the GIL): crop the frames side by side.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(framed), os.cpu_count() or 1))) as pool:
+        crops = list(pool.map(crop, framed))
+    for item, batch in zip(framed, crops):
+        if isinstance(batch, ServerError):
+            frames.errors[item[0]] = batch
+        else:
+            frames.prepared.append((*item[:5], batch))
+    return frames
+
+
+def run_prepared(engine: Any, frames: PreparedFrames, cancelled: Callable[[], bool] = lambda: False
+                 ) -> list[dict[str, np.ndarray] | ServerError]:
+    """The model pass of `prepare_frames`'s output, in request order (see reconstruct_frames)."""
+    from .engine import _upscale_outputs
+    from .mhr.rig_data import person_rig_state
+    from .pipeline.crop import concat_batches
+    from .pipeline.estimator import _stack_outputs
+    from .pipeline.inference import run_inference, to_device
+
+    requests, prepared = frames.requests, frames.prepared
+    results: list[dict[str, np.ndarray] | ServerError | None] = [frames.errors.get(i) for i in range(len(requests))]
+    if cancelled():
+        raise ServerError(CANCELLED, "The reconstruction was cancelled.")
     with engine._lock, torch.inference_mode():
-        for i, request in enumerate(requests):
-            try:
-                if request.mode != "body" or request.prompts or request.masks is not None:
-                    raise ServerError(BAD_INPUT, "frames batch in body mode without prompts or masks")
-                image = request.image
-                if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
-                        and image.dtype == np.uint8):
-                    raise ServerError(BAD_INPUT, "image must be an RGB uint8 array of shape (H, W, 3)")
-                height, width = image.shape[:2]
-                cam_int, source = resolve_intrinsics(width, height, request.intrinsics,
-                                                     request.exif_focal_35mm)
-                work = _downscale(image, cam_int, request, engine.max_work_side)
-                boxes, boxes_source = work.boxes, "user"
-                detect = engine._detector() if boxes is None and request.detect else None
-                if boxes is None and detect is not None:
-                    boxes, boxes_source = np.asarray(detect(work.image), np.float32).reshape(-1, 4), "detector"
-                    if len(boxes) == 0:
-                        raise ServerError(NO_PERSON, "No person was found in the image; draw a box around "
-                                          "the person and try again.")
-                elif boxes is None:
-                    h, w = work.image.shape[:2]
-                    boxes, boxes_source = np.array([[0, 0, w, h]]), "full_image"
-                framed.append((i, work, cam_int, source, boxes_source,
-                               validate_boxes(boxes, *work.image.shape[1::-1])))
-            except ServerError as exc:
-                results[i] = exc
-
-        def crop(item: tuple[int, Any, np.ndarray, str, str, np.ndarray]) -> Any:
-            try:
-                return prepare_batch(item[1].image, item[5], cam_int=validate_cam_int(item[1].cam_int))
-            except ServerError as exc:
-                return exc
-
-        # Cropping is numpy (it releases the GIL) and the model is idle meanwhile: crop the
-        # frames side by side.
-        with ThreadPoolExecutor(max_workers=max(1, min(len(framed), os.cpu_count() or 1))) as pool:
-            crops = list(pool.map(crop, framed))
-        for item, batch in zip(framed, crops):
-            if isinstance(batch, ServerError):
-                results[item[0]] = batch
-            else:
-                prepared.append((*item[:5], batch))
-        if cancelled():
-            raise ServerError(CANCELLED, "The reconstruction was cancelled.")
         if prepared:
             try:
                 with stage("body"):

@@ -25,17 +25,17 @@ OTHER_FLOATS = 1e-4
 def _counting_passes(engine):
     """Record the number of frames of every batched model pass."""
     calls: list[int] = []
-    real = engine.reconstruct_frames
+    real = engine.run_prepared
 
-    def counting(requests, cancelled=lambda: False):
-        calls.append(len(requests))
-        return real(requests, cancelled)
+    def counting(frames, cancelled=lambda: False):
+        calls.append(len(frames.requests))
+        return real(frames, cancelled)
 
-    engine.reconstruct_frames = counting
+    engine.run_prepared = counting
     try:
         yield calls
     finally:
-        del engine.reconstruct_frames
+        del engine.run_prepared
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,33 @@ def test_without_known_boxes_frames_go_one_at_a_time_and_cancel_stops_a_batch(en
         assert err.value.code == CANCELLED
     with pytest.raises(ServerError, match="batch_frames"):
         ClipJob(engine, MemoryClip(frames), ClipRequest(batch_frames=0))
+
+
+def test_crops_made_during_the_previous_pass_give_the_same_clip(engine, clip) -> None:
+    import threading
+
+    frames, boxes = clip
+    boxes = list(boxes)
+    boxes[3] = np.array([[10.0, 10.0, 5.0, 5.0]])  # a bad box: that frame alone is skipped
+
+    def run(overlap: bool) -> dict:
+        job = ClipJob(engine, MemoryClip(frames), ClipRequest(frame_boxes=dict(enumerate(boxes)), batch_frames=2))
+        job.overlap_crops = overlap
+        with _counting_passes(engine) as calls:
+            result = job.run()
+        assert calls == [2, 2, 1]
+        return result
+
+    serial, overlapped = run(False), run(True)
+    assert overlapped["failed_frames"].tolist() == [3]
+    assert set(serial) == set(overlapped)
+    for key in serial:
+        assert np.array_equal(serial[key], overlapped[key]), key  # the same crops, the same passes
+    stop = iter([False] * 4)  # cancelled once a batch's crops are under way
+    job = ClipJob(engine, MemoryClip(frames), ClipRequest(frame_boxes=dict(enumerate(boxes)), batch_frames=2),
+                  cancelled=lambda: next(stop, True))
+    job.overlap_crops = True
+    with _counting_passes(engine) as calls, pytest.raises(ServerError) as err:
+        job.run()
+    assert err.value.code == CANCELLED and calls == [2]
+    assert not [t for t in threading.enumerate() if t.name.startswith("clip-crops")]  # nothing left running
