@@ -108,7 +108,10 @@ class Engine:
         # A callable, or the hub id / folder of one to load on first use ("auto": the default).
         self.detector: Any = None if detector in (None, "none") else detector
         self.detector_error: str | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model
+        # The person detector, a model of its own: a clip detects the next batch's people while
+        # the model runs this batch (server/frame_batch.py). Taken inside `_lock`, never around it.
+        self._detect_lock = threading.Lock()
         self._rig: dict[str, Any] | None = None
         self.info = {
             "model": files.source,
@@ -154,14 +157,16 @@ class Engine:
             progress(0.05, "detecting" if request.boxes is None else "cropping")
             work = _downscale(image, cam_int, request, self.max_work_side)
             boxes, boxes_source = work.boxes, "user"
-            detect = self._detector() if boxes is None and request.detect else None
-            if boxes is None and detect is not None:
-                # Detect here rather than inside the pipeline so that an out-of-memory retry can
-                # split the people into smaller batches.
-                boxes, boxes_source = np.asarray(detect(work.image), dtype=np.float32).reshape(-1, 4), "detector"
-                if len(boxes) == 0:
-                    raise ServerError(NO_PERSON, "No person was found in the image; draw a box around the person and try again.")
-            elif boxes is None:
+            with self._detect_lock:
+                detect = self._detector() if boxes is None and request.detect else None
+                if boxes is None and detect is not None:
+                    # Detect here rather than inside the pipeline so that an out-of-memory retry
+                    # can split the people into smaller batches.
+                    boxes = np.asarray(detect(work.image), dtype=np.float32).reshape(-1, 4)
+                    boxes_source = "detector"
+            if boxes is not None and boxes_source == "detector" and len(boxes) == 0:
+                raise ServerError(NO_PERSON, "No person was found in the image; draw a box around the person and try again.")
+            if boxes is None:
                 boxes_source = "full_image"
             n_people = 1 if boxes is None else len(boxes)
             with listening(_stage_progress(progress, n_people)):

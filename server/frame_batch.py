@@ -49,8 +49,7 @@ def reconstruct_frames(engine: Any, requests: Sequence[Any],
 
 def prepare_frames(engine: Any, requests: Sequence[Any]) -> PreparedFrames:
     """The host side of a pass: checks, intrinsics, downscale, detection, crops. Safe on
-    another thread while `run_prepared` runs: it takes the engine's lock only around the
-    person detector (a model too)."""
+    another thread while `run_prepared` runs: it takes only the detector's lock."""
     from .engine import _downscale
     from .pipeline.crop import prepare_batch
     from .pipeline.estimator import validate_boxes, validate_cam_int
@@ -72,7 +71,7 @@ def prepare_frames(engine: Any, requests: Sequence[Any]) -> PreparedFrames:
             work = _downscale(image, cam_int, request, engine.max_work_side)
             boxes, boxes_source = work.boxes, "user"
             if boxes is None and request.detect:
-                with engine._lock, torch.inference_mode():
+                with engine._detect_lock, torch.inference_mode():
                     detect = engine._detector()
                     if detect is not None:
                         boxes, boxes_source = np.asarray(detect(work.image), np.float32).reshape(-1, 4), "detector"

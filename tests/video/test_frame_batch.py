@@ -131,3 +131,34 @@ def test_crops_made_during_the_previous_pass_give_the_same_clip(engine, clip) ->
         job.run()
     assert err.value.code == CANCELLED and calls == [2]
     assert not [t for t in threading.enumerate() if t.name.startswith("clip-crops")]  # nothing left running
+
+
+def test_with_the_detector_the_next_batch_is_detected_beside_the_pass(engine, clip) -> None:
+    import threading
+
+    frames, _ = clip
+    threads: list[str] = []
+
+    def detect(image: np.ndarray) -> np.ndarray:  # a stand-in detector: the person's box
+        threads.append(threading.current_thread().name)
+        return np.array([[40.0, 20.0, 470.0, 500.0]], np.float32)
+
+    engine.detector = detect
+    try:
+        def run(overlap: bool) -> dict:
+            job = ClipJob(engine, MemoryClip(frames), ClipRequest(batch_frames=2))
+            job.overlap_crops = overlap
+            with _counting_passes(engine) as calls:
+                result = job.run()
+            assert calls == [2, 2, 1]  # detected boxes are known up front: frames batch
+            return result
+
+        serial = run(False)
+        assert threads and not any(name.startswith("clip-crops") for name in threads)
+        threads.clear()
+        overlapped = run(True)
+        assert threads and all(name.startswith("clip-crops") for name in threads)
+    finally:
+        engine.detector = None
+    for key in serial:
+        assert np.array_equal(serial[key], overlapped[key]), key
