@@ -263,7 +263,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"crop warp  {engine.info['crop_warp']}")
         print(f"video      {clip['frames']:.0f} frames x {args.persons} person(s) = {clip['person_frames']:.0f} "
               f"person-frames, {clip['tracks']:.0f} track(s) in {clip['seconds']:.2f} s: "
-              f"{clip['person_frames_per_s']:.2f} person-frames/s ({clip['batch_frames']:.0f} frame(s) per pass)")
+              f"{clip['person_frames_per_s']:.2f} person-frames/s ({clip['batch_frames']:.0f} frame(s) per pass; "
+              f"the next pass's crops {'during' if clip['crops_overlapped'] else 'after'} each pass)")
         if clip["host_reads_per_pass"] == clip["host_reads_per_pass"]:  # not NaN: body mode
             print(f"host reads {clip['host_reads_per_pass']:.0f} in one model pass of "
                   f"{clip['batch_frames']:.0f} frame(s): the GPU waits on each; fixed, whatever the frames and people")

@@ -54,13 +54,15 @@ def run_video_bench(engine: Any, image: np.ndarray, boxes: np.ndarray, mode: str
     ClipJob(engine, warm, ClipRequest(mode=mode, frame_boxes=warm_boxes, batch_frames=batch)).run()
     reads = _reads_per_pass(engine, warm, warm_boxes) if mode == "body" else float("nan")
     clip, frame_boxes = synthetic_clip(image, boxes, n_frames)
+    job = ClipJob(engine, clip, ClipRequest(mode=mode, frame_boxes=frame_boxes, batch_frames=batch))
     t0 = time.perf_counter()
-    result = ClipJob(engine, clip, ClipRequest(mode=mode, frame_boxes=frame_boxes, batch_frames=batch)).run()
+    result = job.run()
     seconds = time.perf_counter() - t0
     person_frames = len(result["frame"])
     return {"frames": float(n_frames), "person_frames": float(person_frames), "seconds": seconds,
             "person_frames_per_s": person_frames / seconds, "tracks": float(len(result["track_ids"])),
-            "batch_frames": float(batch), "host_reads_per_pass": reads}
+            "batch_frames": float(batch), "host_reads_per_pass": reads,
+            "crops_overlapped": float(job.overlapped)}
 
 
 def _reads_per_pass(engine: Any, clip: MemoryClip, frame_boxes: dict[int, np.ndarray]) -> float:

@@ -129,6 +129,7 @@ class ClipJob:
         self._lock_inputs: dict[str, list[np.ndarray]] = {k: [] for k in _LOCK_INPUTS}
         self.n_rows = 0
         self.failed: list[tuple[int, str]] = []
+        self.overlapped = False  # whether run() made crops beside the model passes
         self.shared: dict[str, np.ndarray] = {}
         self._last_keypoints: np.ndarray | None = None
 
@@ -228,6 +229,7 @@ class ClipJob:
                    else on_accelerator(getattr(self.engine, "device", "cpu")))
         crops = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-crops")
                  if overlap and hasattr(self.engine, "prepare_frames") else None)
+        self.overlapped = crops is not None
         in_flight: list[tuple[list[int], Future]] = []  # at most one batch
 
         def run_in_flight() -> None:
