@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from ..protocol import cli_args
 from ..protocol.clip_result import is_video_file
+from ..protocol.sequence import is_clip_source, is_sequence_pattern
 from .clip_scene import add_motion_options, build
 from .from_result import add_build_options, check_outputs, leave_if_gltf_would_hang, new_scene
 from .server_options import DEFAULT_REPO, add_model_options, precision_args
@@ -34,7 +35,7 @@ def is_clip_argv(argv: Sequence[str]) -> bool:
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is None:
         return False
-    if is_video_file(first):
+    if is_video_file(first) or (is_sequence_pattern(first) and not os.path.exists(first)):
         return True
     return os.path.isdir(first) and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in argv)
 
@@ -142,7 +143,7 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     problem = check_outputs(args)
-    if not (os.path.isdir(args.clip) or is_video_file(args.clip)):
+    if not is_clip_source(args.clip):
         problem = problem or f"clip not found: {args.clip}"
     elif os.path.isdir(args.clip) and not _has_images(args.clip):
         problem = problem or (f"{args.clip} holds no images: give a movie file, a folder of numbered "

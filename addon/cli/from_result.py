@@ -23,6 +23,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from ..protocol.sequence import is_clip_source
 from ..scene.export import FBX_PRESETS
 from ..rig.naming import PRESETS as NAMING_PRESETS
 
@@ -166,7 +167,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def _check_files(args: argparse.Namespace) -> str | None:
     for flag, path in (("RESULT.npz", args.result), ("--mhr", args.mhr), ("--rig", args.rig),
                        ("--image", args.image)):
-        if path and not (os.path.isfile(path) or (flag in ("--mhr", "--image") and os.path.isdir(path))):
+        if path and not (os.path.isfile(path) or (flag == "--mhr" and os.path.isdir(path))
+                         or (flag == "--image" and is_clip_source(path))):
             return f"{flag} file not found: {path}"
     return check_outputs(args)
 
@@ -203,7 +205,7 @@ def _recorded_clip(path: str) -> str | None:
 
     with np.load(path, allow_pickle=False) as data:
         source = str(data["source_path"]) if "source_path" in data.files else None
-    return source if source and os.path.exists(source) else None
+    return source if source and is_clip_source(source) else None
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:

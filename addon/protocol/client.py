@@ -73,8 +73,12 @@ def clip_files(clip_path: str | os.PathLike) -> list[Path]:
     them in natural order); ValueError says what is wrong."""
     from .clip_result import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
+    from .sequence import is_sequence_pattern, sequence_files
+
     path = Path(clip_path)
-    if path.is_dir():
+    if is_sequence_pattern(path) and not path.exists():
+        files = sequence_files(path)  # only the sequence's frames, not the folder's other files
+    elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ValueError(f"the folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..protocol.clip_result import check_clip, track_correctives, track_person, track_rows
 from ..protocol.results import RigData
+from ..protocol.sequence import clip_title, first_frame_file, is_clip_source
 from ..rig import motion, naming
 from ..rig.axes import mhr_to_blender_points, person_offset_blender
 from ..rig.camera import camera_params
@@ -105,14 +106,13 @@ def apply_clip(context: Any, clip: Mapping[str, Any], rig: RigData | Mapping[str
     data = check_clip(clip)
     rig_data = RigData.from_mapping(rig)
     opts = _options(options)
-    if movie_path is not None and not os.path.exists(movie_path):
+    if movie_path is not None and not is_clip_source(movie_path):
         raise FileNotFoundError(f"clip not found: {movie_path}")
     plan = naming.bone_plan(rig_data.joint_names, rig_data.joint_parents, str(opts["naming"]))
     source, names = plan.source, list(plan.names)
     names_mhr = [rig_data.joint_names[j] for j in source]
     foot_bones = [names_mhr.index(j) for j in FOOT_JOINTS if j in names_mhr]
-    base = str(opts["collection_name"] or (os.path.splitext(os.path.basename(movie_path))[0]
-                                           if movie_path else "SAM3D Clip"))
+    base = str(opts["collection_name"] or (clip_title(movie_path) if movie_path else "SAM3D Clip"))
     fps = float(data["fps"])
     frames = np.asarray(data["frames"])
     builder.ensure_object_mode(context)
@@ -163,7 +163,7 @@ def apply_clip(context: Any, clip: Mapping[str, Any], rig: RigData | Mapping[str
             cam.data.background_images.clear()
             context.scene.camera = cam
         if movie_path:
-            builder.set_movie_background(cam, _first_frame_file(movie_path))
+            builder.set_movie_background(cam, first_frame_file(movie_path))
         cam[PROP_CLIP] = key
         created.append(cam)
     context.scene.frame_set(context.scene.frame_start)
@@ -229,13 +229,3 @@ def _adopt(old_arm: Any, objs: list[Any]) -> list[Any]:
     return kept
 
 
-def _first_frame_file(path: str) -> str:
-    """Blender loads an image sequence from its first file."""
-    if not os.path.isdir(path):
-        return path
-    from ..protocol.clip_result import IMAGE_SUFFIXES
-
-    files = sorted(f for f in os.listdir(path) if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"the folder {path} holds no images")
-    return os.path.join(path, files[0])

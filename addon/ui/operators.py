@@ -17,6 +17,7 @@ import numpy as np
 from bpy.props import StringProperty
 
 from ..protocol.clip_result import VIDEO_SUFFIXES, is_video_file
+from ..protocol.sequence import is_clip_source, pattern_of, sequence_files
 from . import preferences
 from .package import root_package
 from .properties import scene_settings, status
@@ -126,14 +127,19 @@ def movie_clip_path(clip: bpy.types.MovieClip | None) -> str:
 
 
 def clip_path_of(datablock: Any, what: str) -> str:
-    """A Movie Clip's or an Image's clip as the server reads it: the movie file, or the folder
-    of an image sequence (its frames are the numbered files there)."""
+    """A Movie Clip's or an Image's clip as the server reads it: the movie file, or the pattern
+    of an image sequence (`walk_####.png`: its frames only, not the folder's other files)."""
     path = os.path.normpath(bpy.path.abspath(datablock.filepath, library=datablock.library))
     if datablock.source == "SEQUENCE":
-        path = os.path.dirname(path)
-        if not os.path.isdir(path):
-            raise InputError(f"{what} '{datablock.name}': image-sequence folder not found: {path}")
-        return path
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder):
+            raise InputError(f"{what} '{datablock.name}': image-sequence folder not found: {folder}")
+        try:
+            pattern = pattern_of(path)
+            sequence_files(pattern)
+        except ValueError as exc:
+            raise InputError(f"{what} '{datablock.name}': {exc}") from None
+        return pattern
     if not is_video_file(path):
         raise InputError(f"{what} '{datablock.name}': movie file not found or not a video "
                          f"({', '.join(sorted(VIDEO_SUFFIXES))}): {path}")
@@ -141,8 +147,8 @@ def clip_path_of(datablock: Any, what: str) -> str:
 
 
 def is_clip_path(path: str) -> bool:
-    """A movie file, or a folder (an image sequence): what goes to the server as a clip."""
-    return os.path.isdir(path) or is_video_file(path)
+    """A movie file, a folder or a sequence pattern: what goes to the server as a clip."""
+    return is_clip_source(path)
 
 
 def camera_background_image(context: bpy.types.Context) -> bpy.types.Image | None:

@@ -5,11 +5,13 @@ Draw code only reads: it never writes properties or data and never calls operato
 """
 from __future__ import annotations
 
+import os
 from typing import Any, cast
 
 import bpy
 
 from ..protocol.clip_result import is_video_file
+from ..protocol.sequence import is_sequence_pattern
 from .operators import camera_background_image, editor_image
 from .properties import scene_settings, status
 
@@ -159,7 +161,8 @@ def _takes_a_clip(context: bpy.types.Context, settings: Any) -> bool:
     if settings.image_source == "CLIP":
         return True
     if settings.image_source == "FILE":
-        return is_video_file(bpy.path.abspath(settings.image_path.strip()))
+        path = bpy.path.abspath(settings.image_path.strip())
+        return is_video_file(path) or (is_sequence_pattern(path) and not os.path.exists(path))
     image = camera_background_image(context) if settings.image_source == "CAMERA" else editor_image(context)
     return image is not None and image.source in {"SEQUENCE", "MOVIE"}
 

@@ -12,11 +12,12 @@ from typing import Any, Callable
 import numpy as np
 
 from addon.protocol import cli_args
-from addon.protocol.clip_result import check_clip, is_video_file
+from addon.protocol.clip_result import check_clip
+from addon.protocol.sequence import is_clip_source
 
 
 def is_clip_input(path: str) -> bool:
-    return os.path.isdir(path) or is_video_file(path)
+    return is_clip_source(path)
 
 
 def add_clip_args(rec: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""Frames of a clip: a movie file (OpenCV's FFmpeg backend) or a folder of numbered images.
+"""Frames of a clip: a movie file (OpenCV's FFmpeg backend), a folder of numbered images, or one
+image sequence of a folder named by a pattern (`walk_####.png`, addon/protocol/sequence.py).
 
 Frames are decoded one at a time and handed out as RGB uint8, so a long clip is never held in
 memory; frames outside the range or between steps are skipped with `grab()` (no colour
@@ -15,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from addon.protocol.clip_result import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from addon.protocol.sequence import is_sequence_pattern, natural_key, sequence_files
 
 from ..errors import BAD_INPUT, ServerError
 
@@ -100,10 +102,6 @@ def _first_size(files: list[Path], numbers: list[int], path: str) -> tuple[int, 
     raise ServerError(BAD_INPUT, f"no image of the folder {path} could be read{reason}")
 
 
-def _natural_key(path: Path) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
-
-
 def _frame_numbers(count: int, start: int, stop: int | None, step: int, path: str) -> list[int]:
     if start < 0 or step < 1 or (stop is not None and stop <= start):
         raise ServerError(BAD_INPUT, f"bad frame range start={start} stop={stop} step={step}: need "
@@ -123,11 +121,18 @@ def open_clip(path: str | os.PathLike, start: int = 0, stop: int | None = None, 
     path = str(path)
     if fps is not None and not (np.isfinite(fps) and fps > 0):
         raise ServerError(BAD_INPUT, f"the frame rate must be a number above 0, not {fps!r}")
+    files: list[Path] = []
     if os.path.isdir(path):
         files = sorted((p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                       key=_natural_key)
+                       key=natural_key)
         if not files:
             raise ServerError(BAD_INPUT, f"the folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    elif is_sequence_pattern(path) and not os.path.exists(path):
+        try:
+            files = sequence_files(path)
+        except ValueError as exc:
+            raise ServerError(BAD_INPUT, str(exc)) from None
+    if files:
         numbers = _frame_numbers(len(files), start, stop, step, path)
         return FrameSource(path, float(fps or DEFAULT_SEQUENCE_FPS), numbers,
                            _first_size(files, numbers, path), files)

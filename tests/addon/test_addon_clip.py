@@ -124,7 +124,12 @@ def test_clip_options_that_only_fit_photos_are_refused(context) -> None:
 def test_a_movie_clip_datablock_image_sequence(context, tmp_path: Path, parity_dir: Path) -> None:
     """Image: Movie Clip reads the clip's frames from disk (here an image sequence, the case a
     file path cannot name); the build stage shows before the character is built."""
+    from PIL import Image
+
     folder = _image_sequence(parity_dir, tmp_path / "seq", "walk")
+    for k in range(1, 5):  # another pass of the render beside it, and a thumbnail: not the clip's
+        Image.new("RGB", (512, 512)).save(folder / f"depth_{k:04d}.png")
+    Image.new("RGB", (64, 64)).save(folder / "thumb.png")
     clip = bpy.data.movieclips.load(str(folder / "walk_0001.png"))
     assert clip.source == "SEQUENCE"
     settings = context.scene.sam3d_body
@@ -184,7 +189,7 @@ def test_an_image_sequence_as_the_camera_background_is_a_clip(context, tmp_path:
     settings = context.scene.sam3d_body
     settings.image_source = "CAMERA"
     ops = sys.modules[f"{PACKAGE}.ui.operators"]
-    assert ops.resolve_image_path(context) == str(folder)
+    assert ops.resolve_image_path(context) == str(folder / "shot_####.png")  # its frames, not the folder
     live = context.window_manager.sam3d_body_status
     assert bpy.ops.sam3d_body.reconstruct() == {"FINISHED"}
     _drain(context)
